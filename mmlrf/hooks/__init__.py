@@ -1,0 +1,1 @@
+"""mmlrf.hooks."""
