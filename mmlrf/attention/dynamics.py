@@ -1,0 +1,365 @@
+"""The dendritic dynamics operator of LRF-Dyn (method.md §4, paper Eq. 11-15).
+
+Per channel a k-compartment (dendrite) linear system over the flattened tokens u_1..u_N::
+
+    s_n = Ā s_{n-1} + B̄ u_n,      y_n = cᵀ s_n + d u_n,      s_0 = 0
+
+with a tridiagonal state matrix M (k×k, leaks on the diagonal, neighbour couplings off it) and
+zero-order hold: ``Ā = exp(M Δ)``, ``B̄ = M⁻¹ (Ā − I) b``.
+
+Stable parameterisation (holds for every parameter value): M is symmetric tridiagonal with
+off-diagonal couplings ``γ_i`` and diagonal ``−(ℓ_i + |γ_{i−1}| + |γ_i|)``, leak
+``ℓ_i = LEAK_MIN + softplus(leak_raw_i) ≥ LEAK_MIN > 0``. M is strictly diagonally dominant with
+a negative diagonal, so (Gershgorin) its real spectrum lies in ``(−∞, −LEAK_MIN]``; the step size
+``Δ = exp(log dt_min + (log dt_max − log dt_min)·sigmoid(dt_raw)) ∈ [dt_min, dt_max]`` is
+log-parameterised and bounded, hence every eigenvalue of Ā lies in
+``(0, exp(−LEAK_MIN·dt_min)] ⊂ (0, 1)``. M is diagonalised (``torch.linalg.eigh`` in float64;
+eigenvalues clamped to ``≤ −LEAK_MIN``, a no-op except for round-off): ``M = V Λ Vᵀ``. In modal
+coordinates ``z = Vᵀ s`` the system is k decoupled scalar recurrences (as in PMSN)::
+
+    z_{n,j} = ā_j z_{n-1,j} + b̄_j u_n,   ā_j = exp(λ_j Δ),   b̄_j = expm1(λ_j Δ)/λ_j · (Vᵀ b)_j
+    y_n = Σ_j c̃_j z_{n,j} + d u_n,      c̃ = Vᵀ c
+
+so the impulse response is ``K[m] = Σ_j w_j ā_j^m`` with ``w_j = c̃_j b̄_j``. Every evaluation
+path below works on ``(log ā, w, d)`` per channel.
+
+Evaluation modes of the same operator (attribute :attr:`DendriticDynamics.mode`, changeable
+after construction):
+
+- ``'fft'``: causal convolution with the kernel K (materialised as ``[C, k, N]``), FFT of length
+  2N. The reference parallel mode.
+- ``'recurrent'``: token-by-token scan with ``[B, C, k]`` state (:meth:`~DendriticDynamics.step`
+  in a loop). The reference sequential mode; slow in Python.
+- ``'scan'``: chunked scan, all chunks at once (:func:`mmlrf.attention.dynamics_scan.chunked_scan`),
+  exact, never materialises a ``[C, k, N]`` kernel; the fastest CPU path.
+- ``'stream'``: the same chunks one after another (:func:`~mmlrf.attention.dynamics_scan.streaming_scan`)
+  carrying a ``[B, C, k]`` state: extra memory independent of N (the memory floor on CPU).
+- ``'triton'``: fused GPU kernel (:mod:`mmlrf.attention.dynamics_triton`), CUDA only.
+- ``'auto'``: ``'triton'`` for CUDA inputs when Triton imports, otherwise ``'scan'``.
+
+Bidirectional (``bidirectional=True``): the output is the sum of a causal scan and an
+anti-causal scan (the reversed token order). The reverse direction has its OWN parameters
+(M, Δ, b, c): with shared ones the two-sided kernel would be forced to be symmetric. The skip
+``d`` is applied once.
+
+Scan orders flatten ``[H, W]`` tokens: ``'raster'`` (row-major), ``'snake'`` (row-major with
+every odd row reversed, boustrophedon), ``'column'`` (column-major).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+from .dynamics_scan import chunked_scan, streaming_scan
+
+DYNAMICS_MODES = ('fft', 'recurrent', 'scan', 'stream', 'triton', 'auto')
+SCAN_ORDERS = ('raster', 'snake', 'column')
+LEAK_MIN = 1e-2
+
+
+def scan_permutation(height: int, width: int, order: str,
+                     device: torch.device | None = None) -> Tensor | None:
+    """Flat (row-major) token index of the n-th token in scan order.
+
+    Args:
+        height (int): H.
+        width (int): W.
+        order (str): one of :data:`SCAN_ORDERS`.
+        device (torch.device | None): device of the returned index.
+
+    Returns:
+        Tensor | None: ``[H*W]`` long index ``perm`` such that ``x.flatten(-2)[..., perm]`` is the
+        sequence in scan order; None for ``'raster'`` (the identity).
+    """
+    if order not in SCAN_ORDERS:
+        raise ValueError(f'order must be one of {SCAN_ORDERS}, got {order!r}')
+    if order == 'raster':
+        return None
+    grid = torch.arange(height * width, device=device).reshape(height, width)
+    if order == 'snake':
+        grid[1::2] = grid[1::2].flip(-1)
+        return grid.flatten()
+    return grid.t().flatten()
+
+
+def _softplus_inverse(x: Tensor) -> Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+def fft_conv(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor) -> Tensor:
+    """Causal convolution with ``K[m] = Σ_j w_j exp(m log_a_j)`` plus the skip, via FFT.
+
+    Args:
+        u (Tensor): ``[B, C, N]`` input sequence.
+        log_a (Tensor): ``[C, k]`` log of the modal decays (real, negative).
+        w (Tensor): ``[C, k]`` modal weights ``c̃_j b̄_j``.
+        d (Tensor): ``[C]`` skip.
+
+    Returns:
+        Tensor: ``[B, C, N]``, ``y_n = Σ_{m≤n} K[n−m] u_m + d u_n``.
+    """
+    n = u.shape[-1]
+    kernel = impulse_kernel(log_a, w, n)
+    size = 2 * n
+    y = torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(kernel, n=size), n=size)
+    return y[..., :n] + d[:, None] * u
+
+
+def impulse_kernel(log_a: Tensor, w: Tensor, n: int) -> Tensor:
+    """``K[c, m] = Σ_j w[c, j] exp(m log_a[c, j])`` for m = 0..n−1 (materialises ``[C, k, n]``).
+
+    Args:
+        log_a (Tensor): ``[C, k]``.
+        w (Tensor): ``[C, k]``.
+        n (int): kernel length.
+
+    Returns:
+        Tensor: ``[C, n]``.
+    """
+    steps = torch.arange(n, device=log_a.device, dtype=log_a.dtype)
+    return (w[..., None] * torch.exp(log_a[..., None] * steps)).sum(-2)
+
+
+def recurrent_step(u_n: Tensor, state: Tensor, a: Tensor, b: Tensor, c: Tensor,
+                   d: Tensor) -> tuple[Tensor, Tensor]:
+    """One token of the modal recurrence.
+
+    Args:
+        u_n (Tensor): ``[B, C]`` token.
+        state (Tensor): ``[B, C, k]`` modal state ``z_{n−1}``.
+        a, b, c (Tensor): ``[C, k]`` decays ``ā``, inputs ``b̄``, readouts ``c̃``.
+        d (Tensor): ``[C]`` skip.
+
+    Returns:
+        tuple[Tensor, Tensor]: ``y_n`` ``[B, C]`` and the new state ``[B, C, k]``.
+    """
+    state = a * state + b * u_n[..., None]
+    return (state * c).sum(-1) + d * u_n, state
+
+
+def recurrent_scan(u: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
+    """Token-by-token scan (Python loop over N) of :func:`recurrent_step` from a zero state.
+
+    Args:
+        u (Tensor): ``[B, C, N]``.
+        a, b, c (Tensor): ``[C, k]``.
+        d (Tensor): ``[C]``.
+
+    Returns:
+        Tensor: ``[B, C, N]``.
+    """
+    state = u.new_zeros(*u.shape[:2], a.shape[-1])
+    out = torch.empty_like(u)
+    for n in range(u.shape[-1]):
+        out[..., n], state = recurrent_step(u[..., n], state, a, b, c, d)
+    return out
+
+
+@MODELS.register_module()
+class DendriticDynamics(BaseModule):
+    """Dendritic (multi-compartment) state-space operator, ``[B, C, H, W] → [B, C, H, W]``.
+
+    See the module docstring for the maths, the stability argument and the modes.
+
+    Args:
+        channels (int): C, one independent k-compartment system per channel.
+        num_dendrites (int): k, compartments per channel (default 8).
+        mode (str): one of :data:`DYNAMICS_MODES`; may be changed later via :attr:`mode`.
+        bidirectional (bool): add an anti-causal scan with its own parameters.
+        order (str): token scan order, one of :data:`SCAN_ORDERS`.
+        dt_min (float): smallest step size Δ (> 0).
+        dt_max (float): largest step size Δ (≥ dt_min).
+        chunk_size (int): chunk length L of the ``'scan'`` mode.
+        init_cfg (dict | None): mmengine init config.
+
+    Learnable parameters (``D`` = 2 directions if bidirectional else 1):
+        ``leak_raw`` ``[D, C, k]``, ``coupling`` ``[D, C, k−1]``, ``dt_raw`` ``[D, C]``,
+        ``b`` ``[D, C, k]`` (input vector), ``c`` ``[D, C, k]`` (soma readout), ``d`` ``[C]`` (skip).
+    """
+
+    def __init__(self, channels: int, num_dendrites: int = 8, mode: str = 'fft',
+                 bidirectional: bool = False, order: str = 'raster', dt_min: float = 1e-3,
+                 dt_max: float = 1e-1, chunk_size: int = 64,
+                 init_cfg: dict | None = None) -> None:
+        super().__init__(init_cfg)
+        for name, value in (('channels', channels), ('num_dendrites', num_dendrites),
+                            ('chunk_size', chunk_size)):
+            if int(value) != value or value < 1:
+                raise ValueError(f'{name} must be a positive integer (>= 1), got {value!r}')
+        if order not in SCAN_ORDERS:
+            raise ValueError(f'order must be one of {SCAN_ORDERS}, got {order!r}')
+        if not (dt_min > 0 and dt_max >= dt_min and math.isfinite(dt_max)):
+            raise ValueError('dt_min and dt_max must satisfy 0 < dt_min <= dt_max < inf, got '
+                             f'dt_min={dt_min!r}, dt_max={dt_max!r}')
+        self.channels = int(channels)
+        self.num_dendrites = k = int(num_dendrites)
+        self.bidirectional = bool(bidirectional)
+        self.order = order
+        self.dt_min = float(dt_min)
+        self.dt_max = float(dt_max)
+        self.chunk_size = int(chunk_size)
+        self.mode = mode
+        ndir = 2 if bidirectional else 1
+        # Leaks 1..k (distinct: eigh's gradient needs distinct eigenvalues), weak coupling,
+        # step sizes log-uniform in [dt_min, dt_max], unit input, random readout, unit skip.
+        leak = torch.arange(1, k + 1, dtype=torch.float32) - LEAK_MIN
+        self.leak_raw = nn.Parameter(_softplus_inverse(leak).expand(ndir, channels, k).clone())
+        self.coupling = nn.Parameter(torch.full((ndir, channels, k - 1), 0.5))
+        self.dt_raw = nn.Parameter(torch.logit(torch.rand(ndir, channels).clamp(1e-3, 1 - 1e-3)))
+        self.b = nn.Parameter(torch.ones(ndir, channels, k))
+        self.c = nn.Parameter(torch.randn(ndir, channels, k) / math.sqrt(k))
+        self.d = nn.Parameter(torch.ones(channels))
+
+    @property
+    def mode(self) -> str:
+        """Evaluation path, one of :data:`DYNAMICS_MODES` (settable)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in DYNAMICS_MODES:
+            raise ValueError(f'mode must be one of {DYNAMICS_MODES}, got {value!r}')
+        self._mode = value
+
+    # ------------------------------------------------------------------ parameters
+    def step_size(self) -> Tensor:
+        """Δ per direction and channel, ``[D, C]``, in ``[dt_min, dt_max]``."""
+        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+        return torch.exp(lo + (hi - lo) * torch.sigmoid(self.dt_raw))
+
+    def state_matrix(self) -> Tensor:
+        """Continuous tridiagonal state matrix M, ``[D, C, k, k]`` (float64)."""
+        leak = LEAK_MIN + F.softplus(self.leak_raw.double())
+        gamma = self.coupling.double()
+        mag = gamma.abs()
+        diag = -(leak + F.pad(mag, (1, 0)) + F.pad(mag, (0, 1)))
+        return (torch.diag_embed(diag) + torch.diag_embed(gamma, 1)
+                + torch.diag_embed(gamma, -1))
+
+    def modal_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Diagonalised, discretised system (float64).
+
+        Returns:
+            tuple[Tensor, Tensor, Tensor]: ``log ā = λΔ``, ``b̄``, ``c̃``, each ``[D, C, k]``.
+        """
+        lam, vec = torch.linalg.eigh(self.state_matrix())
+        lam = lam.clamp(max=-LEAK_MIN)
+        lam_dt = lam * self.step_size().double()[..., None]
+        b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
+        c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
+        return lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode
+
+    def discrete_state_matrix(self, direction: int = 0) -> Tensor:
+        """``Ā = exp(M Δ)`` of one direction, ``[C, k, k]`` (float64).
+
+        Args:
+            direction (int): 0 (causal) or 1 (anti-causal, only if bidirectional).
+        """
+        lam, vec = torch.linalg.eigh(self.state_matrix()[direction])
+        lam_dt = lam.clamp(max=-LEAK_MIN) * self.step_size().double()[direction, :, None]
+        return vec @ torch.diag_embed(torch.exp(lam_dt)) @ vec.transpose(-1, -2)
+
+    def impulse_response(self, n: int, direction: int = 0) -> Tensor:
+        """Kernel ``K[m] = cᵀ Ā^m B̄`` (without the skip d), ``[C, n]`` (float64).
+
+        Args:
+            n (int): number of lags.
+            direction (int): 0 (causal) or 1 (anti-causal, only if bidirectional).
+        """
+        log_a, b, c = (p[direction] for p in self.modal_parameters())
+        return impulse_kernel(log_a, b * c, n)
+
+    # ------------------------------------------------------------------ streaming
+    def init_state(self, batch: int, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> Tensor:
+        """Zero modal state for :meth:`step`, ``[B, C, k]``.
+
+        Args:
+            batch (int): B.
+            device, dtype: of the state (default: the parameters').
+        """
+        return torch.zeros(batch, self.channels, self.num_dendrites,
+                           device=device or self.d.device, dtype=dtype or self.d.dtype)
+
+    def step(self, u_n: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Stream one token (causal operator only): O(C·k) state per image.
+
+        Tokens must be fed in the scan order (:func:`scan_permutation`).
+
+        Args:
+            u_n (Tensor): ``[B, C]`` the next token.
+            state (Tensor): ``[B, C, k]`` from :meth:`init_state` or a previous step.
+
+        Returns:
+            tuple[Tensor, Tensor]: ``y_n`` ``[B, C]`` and the new state ``[B, C, k]``.
+        """
+        if self.bidirectional:
+            raise RuntimeError('step() streams the causal operator; it needs bidirectional=False')
+        log_a, b, c = (p[0].to(state.dtype) for p in self.modal_parameters())
+        return recurrent_step(u_n, state, torch.exp(log_a), b, c, self.d.to(state.dtype))
+
+    # ------------------------------------------------------------------ forward
+    def resolved_mode(self, x: Tensor) -> str:
+        """The concrete path ``forward(x)`` takes (resolves ``'auto'``)."""
+        if self.mode != 'auto':
+            return self.mode
+        if x.is_cuda:
+            from .dynamics_triton import triton_available
+            if triton_available():
+                return 'triton'
+        return 'scan'
+
+    def _sequence(self, u: Tensor, log_a: Tensor, b: Tensor, c: Tensor, d: Tensor,
+                  mode: str, reverse: bool) -> Tensor:
+        """One direction on ``[B, C, N]``; ``reverse`` runs it anti-causally."""
+        if mode == 'triton':
+            from .dynamics_triton import triton_scan
+            return triton_scan(u, log_a.float(), (b * c).float(), d.float(), reverse=reverse)
+        dtype = torch.promote_types(u.dtype, torch.float32)
+        log_a, b, c, d = (p.to(dtype) for p in (log_a, b, c, d))
+        seq = u.to(dtype).flip(-1) if reverse else u.to(dtype)
+        if mode == 'fft':
+            y = fft_conv(seq, log_a, b * c, d)
+        elif mode == 'recurrent':
+            y = recurrent_scan(seq, torch.exp(log_a), b, c, d)
+        elif mode == 'scan':
+            y = chunked_scan(seq, log_a, b * c, d, self.chunk_size)
+        else:
+            y = streaming_scan(seq, log_a, b * c, d, self.chunk_size)
+        return (y.flip(-1) if reverse else y).to(u.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Run the dynamics over the tokens of ``x`` in :attr:`order`.
+
+        Args:
+            x (Tensor): ``[B, C, H, W]``.
+
+        Returns:
+            Tensor: ``[B, C, H, W]``, same dtype as ``x``.
+        """
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(f'expected [B, {self.channels}, H, W], got {tuple(x.shape)}')
+        bsz, ch, height, width = x.shape
+        mode = self.resolved_mode(x)
+        perm = scan_permutation(height, width, self.order, x.device)
+        u = x.flatten(2)
+        if perm is not None:
+            u = u.index_select(-1, perm)
+        log_a, b, c = self.modal_parameters()
+        y = self._sequence(u, log_a[0], b[0], c[0], self.d, mode, reverse=False)
+        if self.bidirectional:
+            zero = torch.zeros_like(self.d)
+            y = y + self._sequence(u, log_a[1], b[1], c[1], zero, mode, reverse=True)
+        if perm is not None:
+            y = torch.empty_like(y).index_copy_(-1, perm, y)
+        return y.reshape(bsz, ch, height, width)
+
+    def extra_repr(self) -> str:
+        return (f'channels={self.channels}, num_dendrites={self.num_dendrites}, '
+                f'mode={self.mode!r}, bidirectional={self.bidirectional}, order={self.order!r}, '
+                f'dt=[{self.dt_min:g}, {self.dt_max:g}]')

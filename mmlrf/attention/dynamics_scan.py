@@ -1,0 +1,104 @@
+"""Chunked exact scans of the diagonalised dendritic dynamics (pure PyTorch, the CPU fast paths).
+
+The modal system ``h_{n,j} = ā_j h_{n−1,j} + u_n``, ``y_n = Σ_j w_j h_{n,j} + d u_n`` (see
+:mod:`mmlrf.attention.dynamics`; ``h`` is the state of unit-input modes, ``w_j = c̃_j b̄_j``) is
+evaluated over chunks of L tokens:
+
+- inside a chunk: ``y = T u`` with the L×L lower-triangular Toeplitz matrix ``T[t, s] = K[t−s]``,
+  ``K[m] = Σ_j w_j ā_j^m`` (one ``[C, L, L]`` matrix shared by all chunks);
+- from the state entering the chunk: ``y_t += Σ_j w_j ā_j^{t+1} h_j``;
+- state update across a chunk: ``h ← ā^L h + Σ_s ā^{L−1−s} u_s``.
+
+All powers are ``exp(m log ā)`` with m ≥ 0 and log ā ≤ 0, so nothing can overflow, and no
+``[C, k, N]`` kernel is ever built. Two schedules:
+
+- :func:`chunked_scan` (mode ``'scan'``): all chunks at once (three batched matmuls), only the
+  cheap ``[B, C, k]`` state carry loops over the N/L chunks. Fastest; extra memory about one
+  output-sized buffer plus ``[B, C, N/L, k]`` chunk states.
+- :func:`streaming_scan` (mode ``'stream'``): chunk after chunk, carrying only the ``[B, C, k]``
+  state; extra memory beyond input and output is O(C·k + C·L²) (state and chunk operators) plus
+  one chunk of activations, independent of N.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def chunk_operators(log_a: Tensor, w: Tensor,
+                    length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Matrices shared by all chunks of length L.
+
+    Args:
+        log_a (Tensor): ``[C, k]`` log modal decays (≤ 0).
+        w (Tensor): ``[C, k]`` modal weights.
+        length (int): L.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor, Tensor]: ``toeplitz_t`` ``[C, L(s), L(t)]`` = ``K[t−s]``
+        for t ≥ s else 0; ``readout`` ``[C, k, L]`` = ``w_j ā_j^{t+1}``; ``inject``
+        ``[C, L, k]`` = ``ā_j^{L−1−s}``; ``chunk_decay`` ``[C, k]`` = ``ā_j^L``.
+    """
+    steps = torch.arange(length, device=log_a.device, dtype=log_a.dtype)
+    decay = torch.exp(log_a[..., None] * steps)                    # [C, k, L]  ā^m
+    kernel = (w[..., None] * decay).sum(1)                         # [C, L]
+    lag = steps[None, :] - steps[:, None]                          # [s, t] -> t − s
+    toeplitz_t = kernel[:, lag.clamp(min=0).long()] * (lag >= 0)
+    readout = w[..., None] * decay * torch.exp(log_a)[..., None]
+    inject = decay.flip(-1).transpose(1, 2)
+    return toeplitz_t, readout, inject, torch.exp(log_a * length)
+
+
+def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int = 64) -> Tensor:
+    """Causal dendritic dynamics over ``[B, C, N]``, all chunks in parallel (exact, differentiable).
+
+    Args:
+        u (Tensor): ``[B, C, N]`` input sequence.
+        log_a (Tensor): ``[C, k]`` log modal decays (≤ 0), same dtype as ``u``.
+        w (Tensor): ``[C, k]`` modal weights.
+        d (Tensor): ``[C]`` skip.
+        chunk_size (int): chunk length L.
+
+    Returns:
+        Tensor: ``[B, C, N]``, the causal convolution with ``K`` plus ``d u``.
+    """
+    bsz, ch, n = u.shape
+    length = min(chunk_size, n)
+    num_chunks = -(-n // length)
+    toeplitz_t, readout, inject, chunk_decay = chunk_operators(log_a, w, length)
+    chunks = F.pad(u, (0, num_chunks * length - n)).reshape(bsz, ch, num_chunks, length)
+    y = torch.matmul(chunks, toeplitz_t)                           # [B, C, nc, L]
+    local_end = torch.matmul(chunks, inject)                       # [B, C, nc, k]
+    entering = torch.empty_like(local_end)
+    state = local_end.new_zeros(bsz, ch, log_a.shape[-1])
+    for i in range(num_chunks):
+        entering[:, :, i] = state
+        state = state * chunk_decay + local_end[:, :, i]
+    y = y + torch.matmul(entering, readout)
+    return y.reshape(bsz, ch, num_chunks * length)[..., :n] + d[:, None] * u
+
+
+def streaming_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor,
+                   chunk_size: int = 64) -> Tensor:
+    """Causal dendritic dynamics chunk after chunk with a ``[B, C, k]`` carried state.
+
+    Same arguments, result and exactness as :func:`chunked_scan`; extra memory is independent of N.
+    """
+    bsz, ch, n = u.shape
+    length = min(chunk_size, n)
+    toeplitz_t, readout, inject, chunk_decay = chunk_operators(log_a, w, length)
+    u_t = u.transpose(0, 1)                                        # [C, B, N] view
+    state = u.new_zeros(ch, bsz, log_a.shape[-1])
+    out = u.new_empty(bsz, ch, n)
+    for start in range(0, n, length):
+        stop = min(start + length, n)
+        size = stop - start
+        chunk = u_t[:, :, start:stop]
+        y = torch.baddbmm(chunk * d[:, None, None], chunk, toeplitz_t[:, :size, :size])
+        if start:
+            y = torch.baddbmm(y, state, readout[:, :, :size])
+        out[:, :, start:stop] = y.transpose(0, 1)
+        if stop < n:
+            state = torch.baddbmm(state * chunk_decay[:, None, :], chunk, inject)
+    return out
