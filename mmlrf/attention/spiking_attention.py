@@ -34,6 +34,7 @@ class SpikingAttention(BaseModule):
         pre_neuron (bool): spike the block input first (SDT: yes, Spikformer: no).
         proj_neuron (bool): spike after the output projection (Spikformer: yes).
         qkv_bias (bool): bias in the Q/K/V convs.
+        proj_bias (bool): bias in the output projection conv (official Spikformer/QKFormer: yes).
         init_cfg (dict | None): mmengine init config.
     """
 
@@ -47,6 +48,7 @@ class SpikingAttention(BaseModule):
                  pre_neuron: bool = True,
                  proj_neuron: bool = False,
                  qkv_bias: bool = False,
+                 proj_bias: bool = False,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
         if int(v_ratio) != v_ratio or v_ratio < 1:
@@ -67,7 +69,7 @@ class SpikingAttention(BaseModule):
                 self.add_module(f'{name}_conv', ConvBN(embed_dims, channels, bias=qkv_bias))
                 self.add_module(f'{name}_spike', build_neuron(neuron))
         self.attn_spike = build_neuron(attn_neuron or neuron)
-        self.proj_conv = ConvBN(self.mixer.out_channels, embed_dims)
+        self.proj_conv = ConvBN(self.mixer.out_channels, embed_dims, bias=proj_bias)
         self.proj_spike = build_neuron(neuron) if proj_neuron else None
 
     def _project(self, name: str, u: Tensor) -> Tensor | None:

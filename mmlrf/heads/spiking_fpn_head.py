@@ -1,0 +1,121 @@
+"""Spiking Semantic-FPN decode head of the SDT-V3 segmentation protocol (official ``QFPNHead``)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch.nn.functional as F
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+from ..neurons import build_neuron
+from .spiking_fpn_neck import spike_map
+
+
+class SpikeConvBN(nn.Sequential):
+    """``neuron`` (index 0) → 3×3 ``Conv2d`` without bias (1) → ``BatchNorm2d`` (2), on
+    ``[B, C, H, W]`` (the neuron sees the single step ``[1, B, C, H, W]``)."""
+
+    def __init__(self, channels: int, neuron: dict) -> None:
+        super().__init__(build_neuron(neuron), nn.Conv2d(channels, channels, 3, padding=1,
+                                                          bias=False),
+                         nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` → ``[B, C, H, W]``."""
+        return self[2](self[1](spike_map(self[0], x)))
+
+
+class Upsample2x(nn.Module):
+    """Bilinear resize to exactly ``2H × 2W``.
+
+    Args:
+        align_corners (bool): ``align_corners`` of the interpolation.
+    """
+
+    def __init__(self, align_corners: bool) -> None:
+        super().__init__()
+        self.align_corners = align_corners
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` → ``[B, C, 2H, 2W]``."""
+        return F.interpolate(x, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode='bilinear',
+                             align_corners=self.align_corners)
+
+
+@MODELS.register_module()
+class SpikingFPNHead(BaseDecodeHead):
+    """Spiking Semantic-FPN head (official ``QFPNHead``): every conv input is a spike.
+
+    Level i runs ``max(1, log2(s_i / s_0))`` stages ``spike → conv3x3 (no bias) → BN``, each
+    stage of levels ≥ 1 followed by a bilinear ×2 upsample; the levels are then summed in real
+    values after a bilinear resize to level 0's size (a no-op when sizes match, a genuine resize
+    for inputs whose sides are not multiples of the total stride), spiked (``out_spike``) and
+    classified by ``conv_seg`` (1×1 with bias). Logits come out at level 0's resolution, i.e.
+    stride 2 with the SDT-V3 backbone.
+
+    Submodule names follow the official code (``scale_heads.i.j.{0,1,2}``, ``out_spike``,
+    ``conv_seg``).
+
+    Args:
+        feature_strides (Sequence[int]): strides of the input levels. Only their ratios to the
+            first one matter (they set the number of stages per level). The default is the
+            truth for :class:`~mmlrf.backbones.SDTV3`, (2, 4, 8, 16); the official configs say
+            (4, 8, 16, 32), which has the same ratios and builds the identical head.
+        neuron (dict): neuron config. Official: ``MultiSpike`` with D = 4 and ``norm`` = the
+            config's ``T`` (4).
+        dropout_ratio (float): dropout before ``conv_seg`` (applied on the spikes while
+            training). The official head builds a 0.1 dropout but never applies it, so the
+            default 0 reproduces it.
+        **kwargs: :class:`BaseDecodeHead` arguments (``in_channels`` (one entry per level, each
+            equal to ``channels``), ``channels``, ``num_classes``, ``in_index``,
+            ``align_corners``, ``loss_decode``, …). ``input_transform`` is always
+            ``'multiple_select'``; ``norm_cfg`` / ``act_cfg`` are not used (plain BN, no
+            activation besides the neurons).
+
+    Shapes: input the neck's levels ``[B, channels, H_i, W_i]``; output logits
+    ``[B, num_classes, H_0, W_0]``.
+    """
+
+    def __init__(self,
+                 feature_strides: Sequence[int] = (2, 4, 8, 16),
+                 neuron: dict = dict(type='MultiSpike', max_value=4, norm=4),
+                 dropout_ratio: float = 0.0,
+                 **kwargs) -> None:
+        if kwargs.get('input_transform', 'multiple_select') != 'multiple_select':
+            raise ValueError("input_transform must be 'multiple_select' (the only allowed "
+                             f"value), got {kwargs['input_transform']!r}")
+        kwargs['input_transform'] = 'multiple_select'
+        super().__init__(dropout_ratio=dropout_ratio, **kwargs)
+        strides = list(feature_strides)
+        if len(strides) != len(self.in_channels):
+            raise ValueError(f'feature_strides must have one entry per input level '
+                             f'({len(self.in_channels)}), got {feature_strides!r}')
+        if any(s <= 0 for s in strides) or strides != sorted(strides) or \
+                any(math.log2(s / strides[0]) % 1 for s in strides):
+            raise ValueError('feature_strides must be positive, non-decreasing and power-of-two '
+                             f'multiples of the first one, got {feature_strides!r}')
+        if any(c != self.channels for c in self.in_channels):
+            raise ValueError(f'in_channels must all equal channels={self.channels} (the convs '
+                             f'take `channels` inputs), got {self.in_channels}')
+        self.feature_strides = strides
+        self.scale_heads = nn.ModuleList()
+        for stride in strides:
+            num_stages = max(1, int(math.log2(stride / strides[0])))
+            layers: list[nn.Module] = []
+            for _ in range(num_stages):
+                layers.append(SpikeConvBN(self.channels, neuron))
+                if stride != strides[0]:
+                    layers.append(Upsample2x(self.align_corners))
+            self.scale_heads.append(nn.Sequential(*layers))
+        self.out_spike = build_neuron(neuron)
+
+    def forward(self, inputs: Sequence[Tensor]) -> Tensor:
+        """Neck levels ``[B, channels, H_i, W_i]`` → logits ``[B, num_classes, H_0, W_0]``."""
+        x = self._transform_inputs(inputs)
+        out = self.scale_heads[0](x[0])
+        for level, head in zip(x[1:], self.scale_heads[1:]):
+            out = out + F.interpolate(head(level), size=out.shape[-2:], mode='bilinear',
+                                      align_corners=self.align_corners)
+        return self.cls_seg(spike_map(self.out_spike, out))

@@ -1,0 +1,87 @@
+"""Spiking FPN neck of the SDT-V3 segmentation protocol (official ``QFPN``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch import Tensor, nn
+
+from ..neurons import build_neuron
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Sequential:
+    """``Conv2d`` (index 0, padding ``kernel_size // 2``) → ``BatchNorm2d`` (index 1) on
+    ``[B, C, H, W]``."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
+        nn.BatchNorm2d(out_channels))
+
+
+def spike_map(neuron: nn.Module, x: Tensor) -> Tensor:
+    """Apply a neuron to a real-valued map ``[B, C, H, W]`` as the single step ``[1, B, C, H, W]``
+    of the multi-step layout; returns ``[B, C, H, W]``."""
+    return neuron(x.unsqueeze(0)).squeeze(0)
+
+
+@MODELS.register_module()
+class SpikingFPN(BaseModule):
+    """Spiking FPN neck (official ``QFPN``): every conv input is a spike.
+
+    For each level ``lat_i = BN(conv1x1(s(x_i)))`` (conv with bias); top-down, deepest first and
+    cumulatively, ``lat_{i-1} += nearest_resize(lat_i)`` (PyTorch ``mode='nearest'``, to the
+    exact size of the shallower level, so odd sizes work); outputs
+    ``n_i = BN(conv3x3(s(lat_i)))`` (conv with bias). Sums stay real-valued.
+
+    Submodule names follow the official code (``lateral_convs.i.{0,1}``,
+    ``lateral_convs_spikes.i``, ``fpn_convs.i.{0,1}``, ``fpn_convs_spikes.i``).
+
+    Args:
+        in_channels (Sequence[int]): channels of the input levels (SDT-V3: ``[C0/2, C0, C1, C3]``).
+        out_channels (int): width of every output level.
+        num_outs (int | None): number of outputs; must equal ``len(in_channels)`` (extra levels
+            are not part of the official neck). None means ``len(in_channels)``.
+        neuron (dict): neuron config. Official: ``MultiSpike`` with D = 4 and ``norm`` = the
+            config's ``T`` (4), i.e. ``dict(type='MultiSpike', max_value=4, norm=4)``.
+        init_cfg (dict | list[dict] | None): mmengine init config.
+
+    Shapes: input a sequence of ``[B, in_channels[i], H_i, W_i]``; output a tuple of
+    ``[B, out_channels, H_i, W_i]``.
+    """
+
+    def __init__(self,
+                 in_channels: Sequence[int],
+                 out_channels: int,
+                 num_outs: int | None = None,
+                 neuron: dict = dict(type='MultiSpike', max_value=4, norm=4),
+                 init_cfg: dict | list[dict] | None = None) -> None:
+        super().__init__(init_cfg)
+        in_channels = list(in_channels)
+        if not in_channels:
+            raise ValueError('in_channels must be a non-empty sequence of channel counts')
+        if num_outs is not None and num_outs != len(in_channels):
+            raise ValueError(f'num_outs must equal len(in_channels) = {len(in_channels)} '
+                             f'(no extra levels), got {num_outs}')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_outs = len(in_channels)
+        self.lateral_convs = nn.ModuleList(
+            [conv_bn(c, out_channels, 1, bias=True) for c in in_channels])
+        self.lateral_convs_spikes = nn.ModuleList([build_neuron(neuron) for _ in in_channels])
+        self.fpn_convs = nn.ModuleList(
+            [conv_bn(out_channels, out_channels, 3, bias=True) for _ in in_channels])
+        self.fpn_convs_spikes = nn.ModuleList([build_neuron(neuron) for _ in in_channels])
+
+    def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """Levels ``[B, C_i, H_i, W_i]`` (shallow to deep) → ``[B, out_channels, H_i, W_i]``."""
+        if len(inputs) != len(self.in_channels):
+            raise ValueError(f'SpikingFPN expects {len(self.in_channels)} levels, '
+                             f'got {len(inputs)}')
+        laterals = [conv(spike_map(spike, x)) for conv, spike, x in
+                    zip(self.lateral_convs, self.lateral_convs_spikes, inputs)]
+        for i in range(len(laterals) - 1, 0, -1):
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(
+                laterals[i], size=laterals[i - 1].shape[-2:], mode='nearest')
+        return tuple(conv(spike_map(spike, x)) for conv, spike, x in
+                     zip(self.fpn_convs, self.fpn_convs_spikes, laterals))
