@@ -8,6 +8,10 @@ from . import compat
 compat.apply()
 
 # Registration side effects, in dependency order.
-from . import neurons, attention, backbones, heads, hooks, datasets  # noqa: E402,F401
+from . import interop, neurons, attention, backbones, heads, hooks, datasets  # noqa: E402,F401
+
+from .interop import cpu_dist  # noqa: E402
+
+cpu_dist.apply()  # multi-process training on CPU-only torch (no-op with CUDA)
 
 __version__ = '0.1.0'

@@ -7,8 +7,10 @@ Two fixes, both applied once by ``import mmlrf`` and both no-ops where they are 
   extension is absent, a stand-in module is registered whose every attribute is a function that
   raises :class:`MissingCompiledOpError` naming the op. A full mmcv is never touched.
 * ``torch.load(weights_only=True)`` allow-list: mmengine 0.10.7 checkpoints pickle a
-  ``HistoryBuffer`` and numpy scalars/arrays in their ``message_hub``; exactly those types are
-  allow-listed so ``load_from``, ``resume`` and ``init_model`` work without disabling the safety.
+  ``HistoryBuffer`` (with references to its statistics methods) and numpy scalars/arrays in
+  their ``message_hub``; exactly those globals are allow-listed (see
+  :func:`allow_mmengine_checkpoint_types`) so ``load_from``, ``resume`` and ``init_model`` work
+  without disabling the safety.
 """
 from __future__ import annotations
 
@@ -74,21 +76,58 @@ def install_mmcv_ext_stand_in() -> bool:
     return True
 
 
+#: dtypes of the numpy arrays/scalars in a Runner checkpoint's message hub (log values are
+#: float64, counts int64).
+_CHECKPOINT_DTYPES = ('float64', 'int64')
+#: The four statistics methods mmengine's ``HistoryBuffer`` pickles by reference.
+_HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
+
+
+def _history_buffer_method(obj: Any, name: str) -> Any:
+    """``getattr`` restricted to the ``HistoryBuffer`` statistics methods.
+
+    ``HistoryBuffer.__getstate__`` pickles ``HistoryBuffer.min`` etc., which pickle writes as
+    ``getattr(HistoryBuffer, 'min')``. Allow-listing the builtin ``getattr`` would let a
+    checkpoint read any attribute of any allowed object, so this stand-in is registered under
+    the builtin's name instead and resolves exactly those four look-ups.
+
+    Raises:
+        pickle.UnpicklingError: for any other look-up.
+    """
+    import pickle
+
+    from mmengine.logging import HistoryBuffer
+
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'weights_only load: getattr({obj!r}, {name!r}) is not allowed (mmlrf allows only '
+        f'HistoryBuffer.{{{", ".join(_HISTORY_BUFFER_METHODS)}}})')
+
+
 def allow_mmengine_checkpoint_types() -> None:
-    """Allow-list the non-tensor types mmengine 0.10.x checkpoints contain for ``weights_only``."""
+    """Allow-list exactly the globals of mmengine 0.10.x checkpoints for ``weights_only``.
+
+    A checkpoint saved by mmengine's Runner contains, besides tensors and builtin containers:
+    ``mmengine.logging.HistoryBuffer``, ``numpy.ndarray``, ``numpy.dtype``,
+    ``numpy._core.multiarray._reconstruct`` and ``.scalar`` (``numpy.core`` before numpy 2),
+    the dtype classes of :data:`_CHECKPOINT_DTYPES` (numpy >= 2 rebuilds dtypes through them),
+    and ``getattr(HistoryBuffer, 'min' | 'max' | 'current' | 'mean')`` (see
+    :func:`_history_buffer_method`).
+    """
     import numpy as np
     import torch
     from mmengine.logging import HistoryBuffer
 
-    if not hasattr(torch.serialization, 'add_safe_globals'):
-        return
-    numpy_types: list[Any] = [np.ndarray, np.dtype]
-    reconstruct = getattr(getattr(np, '_core', np.core), 'multiarray')._reconstruct
-    numpy_types.append(reconstruct)
-    scalar = getattr(getattr(np, '_core', np.core), 'multiarray').scalar
-    numpy_types.append(scalar)
-    numpy_types += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    torch.serialization.add_safe_globals([HistoryBuffer, *numpy_types])
+    multiarray = getattr(np, '_core', None) or np.core
+    multiarray = multiarray.multiarray
+    dtype_classes = [type(np.dtype(name)) for name in _CHECKPOINT_DTYPES]
+    torch.serialization.add_safe_globals([
+        HistoryBuffer, np.ndarray, np.dtype, *dtype_classes, multiarray._reconstruct,
+        multiarray.scalar,
+        (_history_buffer_method, '__builtin__.getattr'),
+        (_history_buffer_method, 'builtins.getattr'),
+    ])
 
 
 def apply() -> None:

@@ -1,1 +1,13 @@
-"""mmlrf.analysis."""
+"""Measurement tools (thin command lines in ``tools/analysis/``; see ``docs/benchmarks.md``).
+
+Submodules (imported on demand, so ``import mmlrf`` stays light):
+
+* :mod:`~mmlrf.analysis.memory`: peak memory (CUDA allocator / CPU peak RSS) and timing.
+* :mod:`~mmlrf.analysis.benchmark`: operator- and model-level memory/speed cases, presets,
+  same-run ratios, JSON + PNG reports.
+* :mod:`~mmlrf.analysis.energy`: firing rates, SOPs / MACs and energy from forward hooks.
+* :mod:`~mmlrf.analysis.locality`: token-to-token weight vs distance, entropy, ERF maps.
+* :mod:`~mmlrf.analysis.loading`: build a segmentor from a config and get input batches.
+* :mod:`~mmlrf.analysis.plotting`: matplotlib (Agg) helpers.
+"""
+__all__ = ['memory', 'benchmark', 'energy', 'locality', 'loading', 'plotting']

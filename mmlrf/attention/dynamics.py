@@ -30,10 +30,13 @@ after construction):
   2N. The reference parallel mode.
 - ``'recurrent'``: token-by-token scan with ``[B, C, k]`` state (:meth:`~DendriticDynamics.step`
   in a loop). The reference sequential mode; slow in Python.
-- ``'scan'``: chunked scan, all chunks at once (:func:`mmlrf.attention.dynamics_scan.chunked_scan`),
-  exact, never materialises a ``[C, k, N]`` kernel; the fastest CPU path.
-- ``'stream'``: the same chunks one after another (:func:`~mmlrf.attention.dynamics_scan.streaming_scan`)
-  carrying a ``[B, C, k]`` state: extra memory independent of N (the memory floor on CPU).
+- ``'scan'``: chunked scan, all chunks at once
+  (:func:`mmlrf.attention.dynamics_scan.chunked_scan`), exact, never materialises a
+  ``[C, k, N]`` kernel; the fastest CPU path.
+- ``'stream'``: the same chunks one after another
+  (:func:`~mmlrf.attention.dynamics_scan.streaming_scan`) carrying a ``[B, C, k]`` state: extra
+  memory independent of N (the memory floor on CPU; a bidirectional module also holds the
+  reversed copy of the input).
 - ``'triton'``: fused GPU kernel (:mod:`mmlrf.attention.dynamics_triton`), CUDA only.
 - ``'auto'``: ``'triton'`` for CUDA inputs when Triton imports, otherwise ``'scan'``.
 
@@ -145,6 +148,9 @@ def recurrent_step(u_n: Tensor, state: Tensor, a: Tensor, b: Tensor, c: Tensor,
 def recurrent_scan(u: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> Tensor:
     """Token-by-token scan (Python loop over N) of :func:`recurrent_step` from a zero state.
 
+    The output is written in place token by token, so the extra memory is the ``[B, C, k]``
+    state (the reference sequential evaluation; use ``'stream'`` for speed).
+
     Args:
         u (Tensor): ``[B, C, N]``.
         a, b, c (Tensor): ``[C, k]``.
@@ -174,12 +180,13 @@ class DendriticDynamics(BaseModule):
         order (str): token scan order, one of :data:`SCAN_ORDERS`.
         dt_min (float): smallest step size Δ (> 0).
         dt_max (float): largest step size Δ (≥ dt_min).
-        chunk_size (int): chunk length L of the ``'scan'`` mode.
+        chunk_size (int): chunk length L of the ``'scan'`` and ``'stream'`` modes.
         init_cfg (dict | None): mmengine init config.
 
     Learnable parameters (``D`` = 2 directions if bidirectional else 1):
         ``leak_raw`` ``[D, C, k]``, ``coupling`` ``[D, C, k−1]``, ``dt_raw`` ``[D, C]``,
-        ``b`` ``[D, C, k]`` (input vector), ``c`` ``[D, C, k]`` (soma readout), ``d`` ``[C]`` (skip).
+        ``b`` ``[D, C, k]`` (input vector), ``c`` ``[D, C, k]`` (soma readout),
+        ``d`` ``[C]`` (skip).
     """
 
     def __init__(self, channels: int, num_dendrites: int = 8, mode: str = 'fft',
@@ -214,6 +221,7 @@ class DendriticDynamics(BaseModule):
         self.b = nn.Parameter(torch.ones(ndir, channels, k))
         self.c = nn.Parameter(torch.randn(ndir, channels, k) / math.sqrt(k))
         self.d = nn.Parameter(torch.ones(channels))
+        self._modal_cache: tuple | None = None
 
     @property
     def mode(self) -> str:
@@ -244,15 +252,26 @@ class DendriticDynamics(BaseModule):
     def modal_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
         """Diagonalised, discretised system (float64).
 
+        With autograd disabled the result is cached until a parameter changes (new storage or
+        an in-place update, tracked by the tensors' version counters), so inference and
+        :meth:`step` do not re-diagonalise M for every call.
+
         Returns:
             tuple[Tensor, Tensor, Tensor]: ``log ā = λΔ``, ``b̄``, ``c̃``, each ``[D, C, k]``.
         """
+        params = (self.leak_raw, self.coupling, self.dt_raw, self.b, self.c)
+        key = tuple((p.data_ptr(), p.dtype, p._version) for p in params)
+        cacheable = not torch.is_grad_enabled()
+        if cacheable and self._modal_cache is not None and self._modal_cache[0] == key:
+            return self._modal_cache[1]
         lam, vec = torch.linalg.eigh(self.state_matrix())
         lam = lam.clamp(max=-LEAK_MIN)
         lam_dt = lam * self.step_size().double()[..., None]
         b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
         c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
-        return lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode
+        modal = (lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode)
+        self._modal_cache = (key, modal) if cacheable else None
+        return modal
 
     def discrete_state_matrix(self, direction: int = 0) -> Tensor:
         """``Ā = exp(M Δ)`` of one direction, ``[C, k, k]`` (float64).

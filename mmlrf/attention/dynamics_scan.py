@@ -75,8 +75,8 @@ def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int
     for i in range(num_chunks):
         entering[:, :, i] = state
         state = state * chunk_decay + local_end[:, :, i]
-    y = y + torch.matmul(entering, readout)
-    return y.reshape(bsz, ch, num_chunks * length)[..., :n] + d[:, None] * u
+    y += torch.matmul(entering, readout)   # in place: matmul saves its inputs, not its output
+    return y.reshape(bsz, ch, num_chunks * length)[..., :n].addcmul_(u, d[:, None])
 
 
 def streaming_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor,

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..layers import ConvBN
 from ..neurons import build_neuron
+from ..registry import build_component
 from .mixer import TokenMixer
 
 
@@ -59,7 +60,7 @@ class SpikingAttention(BaseModule):
         mixer_cfg = copy.deepcopy(mixer)
         mixer_cfg.update(num_heads=num_heads, qk_channels=embed_dims,
                          v_channels=embed_dims * v_ratio)
-        self.mixer: TokenMixer = MODELS.build(mixer_cfg)
+        self.mixer: TokenMixer = build_component(mixer_cfg)
         if not isinstance(self.mixer, TokenMixer):
             raise ValueError(f'mixer type {mixer["type"]!r} is not a TokenMixer')
         need = self.mixer.requires

@@ -9,6 +9,7 @@ from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..interop import StrictPretrainedMixin
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, attention_neuron,
                              check_lif_neuron, check_mixer, check_out_indices, check_positive_int)
 
@@ -62,7 +63,7 @@ class DeformedShortcutEmbed(nn.Module):
 
 
 @MODELS.register_module()
-class QKFormer(BaseModule):
+class QKFormer(StrictPretrainedMixin, BaseModule):
     """QKFormer (hierarchical spiking transformer, HST) backbone.
 
     The image is repeated T times and runs on ``[T, B, C, H, W]`` with multi-step LIF neurons:

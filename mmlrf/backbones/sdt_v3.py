@@ -16,6 +16,7 @@ from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..interop import StrictPretrainedMixin
 from ..attention import SpikingAttention
 from ..layers import ConvBN, seq_apply
 from ..neurons import build_neuron
@@ -194,7 +195,7 @@ class Downsample(nn.Module):
 
 
 @MODELS.register_module()
-class SDTV3(BaseModule):
+class SDTV3(StrictPretrainedMixin, BaseModule):
     """SDT-V3 / E-SpikeFormer backbone (official ``Spiking_vit_MetaFormerv2``) for segmentation.
 
     Runs on ``[T, B, C, H, W]`` with T = 1 (the integer multi-spike neuron carries the "T=1×D=4"

@@ -10,6 +10,7 @@ from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..interop import StrictPretrainedMixin
 from ..layers import seq_apply
 from ..neurons import build_neuron
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, check_lif_neuron, check_mixer,
@@ -109,7 +110,7 @@ def build_level(scale: float, channels: int, neuron: dict) -> nn.Module:
 
 
 @MODELS.register_module()
-class Spikformer(BaseModule):
+class Spikformer(StrictPretrainedMixin, BaseModule):
     """Spikformer backbone: SPS patch splitting, then ``depth`` blocks of spiking self-attention
     (SSA) and LIF MLP, all on a single token grid of stride ``patch_size``.
 

@@ -1,9 +1,9 @@
 """Spiking neurons. Every neuron maps a tensor to spikes of the same shape and has ``reset()``."""
 from __future__ import annotations
 
-from mmseg.registry import MODELS
 from torch import nn
 
+from ..registry import build_component
 from .layout import check_multistep
 from .lif import MultiStepLIF
 from .multispike import MultiSpike
@@ -21,7 +21,7 @@ def build_neuron(cfg: dict, **overrides) -> nn.Module:
     """
     if not isinstance(cfg, dict) or cfg.get('type') not in NEURON_TYPES:
         raise ValueError(f'neuron type must be one of {NEURON_TYPES}, got {cfg!r}')
-    return MODELS.build({**cfg, **overrides})
+    return build_component({**cfg, **overrides})
 
 
 __all__ = ['MultiStepLIF', 'MultiSpike', 'spike', 'check_multistep', 'build_neuron',

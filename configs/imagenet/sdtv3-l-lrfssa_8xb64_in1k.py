@@ -1,0 +1,3 @@
+# SDT-V3-L with LRF-SSA (QK-first global term + dilated local branch, dilations 3/5).
+_base_ = ['./sdtv3-l-ssa_8xb64_in1k.py']
+model = dict(backbone=dict(attn=dict(type='LRFSSA', dilations=(3, 5))))

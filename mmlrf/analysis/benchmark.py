@@ -1,0 +1,686 @@
+"""Memory and speed benchmark of token mixers (operator level) and whole segmentors (model level).
+
+A *case* is a JSON-able dict; :func:`run_case` measures one in this process, :func:`run_cases`
+measures a list (on CPU each case in a fresh subprocess, see :mod:`mmlrf.analysis.memory`) and
+:func:`compute_ratios` compares variants **of the same run** against a reference variant.
+
+Case fields (all kinds): ``kind`` ('operator' | 'model' | 'floor'), ``variant`` (name, see
+:data:`VARIANTS`; ``'lrf_dyn:<mode>'`` selects a :data:`DYNAMICS_MODES` path), ``mode``
+('infer' | 'train'), ``batch``, ``dtype`` ('float32' | 'bfloat16' | 'float16').
+Operator / floor cases: ``n_tokens``, ``hw`` ([H, W], H·W = n_tokens), ``channels`` (C of Q/K),
+``heads``, ``v_ratio`` (V has v_ratio·C channels), ``T``.
+Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict), ``attn_key``
+(dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``).
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .memory import CPU_MEASURE_ENV, MIB, measure
+
+#: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
+VARIANTS: dict[str, dict] = {
+    'official': dict(type='SSA', order='qk'),      # SDT-V3's SDSA: (Q Kᵀ) V, N×N map per head
+    'ssa_kv': dict(type='SSA', order='kv'),        # Q (Kᵀ V), d×dv state per head
+    'lrf_ssa': dict(type='LRFSSA', order='qk'),    # SDT-V3 + LRF-SSA (paper)
+    'lrf_ssa_kv': dict(type='LRFSSA', order='kv'),
+    'lrf_dyn': dict(type='LRFDyn'),
+}
+KINDS = ('operator', 'model', 'floor')
+MODES = ('infer', 'train')
+DTYPES = ('float32', 'bfloat16', 'float16')
+REFERENCE = 'official'
+
+
+# ----------------------------------------------------------------------------------- variants
+def parse_variant(name: str) -> tuple[dict, str | None]:
+    """``'lrf_dyn:scan'`` → (mixer config, dynamics mode or None).
+
+    Raises:
+        ValueError: naming ``variant`` for an unknown name or a mode suffix on a non-dynamics
+            variant.
+    """
+    base, _, dyn_mode = name.partition(':')
+    if base not in VARIANTS:
+        raise ValueError(f'variant must be one of {sorted(VARIANTS)} (lrf_dyn may take '
+                         f'":<mode>"), got {name!r}')
+    if dyn_mode and VARIANTS[base]['type'] != 'LRFDyn':
+        raise ValueError(f'variant {name!r}: only LRFDyn variants take a ":<mode>" suffix')
+    return copy.deepcopy(VARIANTS[base]), dyn_mode or None
+
+
+def set_dynamics_mode(module: nn.Module, mode: str | None) -> int:
+    """Set ``mode`` on every :class:`DendriticDynamics` in ``module``; returns how many."""
+    if mode is None:
+        return 0
+    from ..attention.dynamics import DendriticDynamics
+    found = [m for m in module.modules() if isinstance(m, DendriticDynamics)]
+    for m in found:
+        m.mode = mode
+    if not found:
+        raise ValueError(f'dynamics mode {mode!r} given but the model has no DendriticDynamics')
+    return len(found)
+
+
+def dynamics_modes() -> tuple[str, ...]:
+    """The dynamics evaluation paths available in this build (``DYNAMICS_MODES``)."""
+    from ..attention.dynamics import DYNAMICS_MODES
+    return tuple(m for m in DYNAMICS_MODES if m != 'auto')
+
+
+# --------------------------------------------------------------------------- shapes and inputs
+def grid_hw(n_tokens: int) -> tuple[int, int]:
+    """A token grid H×W = N with H the largest divisor of N not above √N (8192 → 64×128)."""
+    h = max(d for d in range(1, math.isqrt(n_tokens) + 1) if n_tokens % d == 0)
+    return h, n_tokens // h
+
+
+def spike_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 generator: torch.Generator, max_value: int = 4) -> Tensor:
+    """Random integer multi-spike values ``{0, 1/D, …, 1}`` (what an SDT-V3 neuron emits)."""
+    ints = torch.randint(0, max_value + 1, shape, generator=generator, device='cpu')
+    return (ints.to(dtype) / max_value).to(device)
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f'dtype must be one of {DTYPES}, got {name!r}')
+    return getattr(torch, name)
+
+
+def _tensor_mib(numel: int, dtype: torch.dtype) -> float:
+    return numel * torch.tensor([], dtype=dtype).element_size() / MIB
+
+
+def _param_mib(module: nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / MIB
+
+
+# ------------------------------------------------------------------------------- attribution
+def mixer_state_terms(mixer: nn.Module, shape_q: tuple[int, ...], shape_v: tuple[int, ...],
+                      dtype: torch.dtype) -> dict[str, float]:
+    """Analytic size (MiB) of a mixer's intermediate state for inputs of the given shapes.
+
+    ``shape_q``: ``[T, B, C, H, W]``; ``shape_v``: ``[T, B, Cv, H, W]``. Terms: SSA 'qk':
+    ``attention_map`` (T·B·heads·N²); 'kv': ``kv_state`` (T·B·heads·d·dv); LRF branch:
+    ``lrf_branch_outputs`` (one V-sized map per dilation); dynamics: ``fft_buffers`` (input and
+    product spectra of length N+1, complex, of the 2N-point rFFT) and ``fft_kernel`` (the kernel
+    spectrum per channel) in 'fft' mode, ``dynamics_state`` (T·B·Cv·k complex) otherwise.
+    """
+    t, b, c, h, w = shape_q
+    cv = shape_v[2]
+    n = h * w
+    terms: dict[str, float] = {}
+    heads = getattr(mixer, 'num_heads', 1)
+    order = getattr(mixer, 'order', None)
+    if order == 'qk':
+        terms['attention_map'] = _tensor_mib(t * b * heads * n * n, dtype)
+    elif order == 'kv':
+        terms['kv_state'] = _tensor_mib(t * b * heads * (c // heads) * (cv // heads), dtype)
+    lrf = getattr(mixer, 'lrf', None)
+    if lrf is not None and hasattr(lrf, 'dilations'):
+        terms['lrf_branch_outputs'] = _tensor_mib(len(lrf.dilations) * t * b * cv * n, dtype)
+    from ..attention.dynamics import DendriticDynamics
+    for m in mixer.modules():
+        if isinstance(m, DendriticDynamics):
+            ch = getattr(m, 'channels', cv)
+            complex_bytes = 2 * torch.tensor([], dtype=torch.float32).element_size()
+            if m.mode == 'fft':
+                terms['fft_buffers'] = 2 * t * b * ch * (n + 1) * complex_bytes / MIB
+                terms['fft_kernel'] = ch * (n + 1) * complex_bytes / MIB
+            else:
+                k = getattr(m, 'num_dendrites', 8)
+                terms['dynamics_state'] = t * b * ch * k * complex_bytes / MIB
+            break
+    return terms
+
+
+class SavedTensorMeter:
+    """Sums the bytes autograd saves for backward (distinct storages), as a context manager."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def _pack(self, t: Tensor) -> Tensor:
+        key = t.untyped_storage().data_ptr()
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self) -> 'SavedTensorMeter':
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------------- the cases
+def build_mixer(variant: str, channels: int, heads: int, v_ratio: int) -> nn.Module:
+    """Build the token mixer of ``variant`` for C = ``channels``, V of ``v_ratio``·C channels."""
+    from mmseg.registry import MODELS
+    cfg, dyn_mode = parse_variant(variant)
+    cfg.update(num_heads=heads, qk_channels=channels, v_channels=channels * v_ratio)
+    mixer = MODELS.build(cfg)
+    set_dynamics_mode(mixer, dyn_mode)
+    return mixer
+
+
+def _operator_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
+    dtype = _dtype(case['dtype'])
+    t, b, c = case['T'], case['batch'], case['channels']
+    h, w = case['hw']
+    cv = c * case['v_ratio']
+    gen = torch.Generator().manual_seed(0)
+    shape_q, shape_v = (t, b, c, h, w), (t, b, cv, h, w)
+    train = case['mode'] == 'train'
+    q, k, x = (spike_tensor(shape_q, dtype, device, gen) for _ in range(3))
+    v = spike_tensor(shape_v, dtype, device, gen)
+    info: dict[str, Any] = dict(
+        inputs_mib=_tensor_mib(3 * math.prod(shape_q) + math.prod(shape_v), dtype))
+    if case['kind'] == 'floor':
+        info.update(output_mib=_tensor_mib(math.prod(shape_v), dtype), weights_mib=0.0)
+        return v.clone, info
+    mixer = build_mixer(case['variant'], c, case['heads'], case['v_ratio']).to(device, dtype)
+    mixer.train(train)
+    info.update(weights_mib=_param_mib(mixer),
+                output_mib=_tensor_mib(t * b * mixer.out_channels * h * w, dtype),
+                analytic_mib=mixer_state_terms(mixer, shape_q, shape_v, dtype))
+    args = [a if a_name in mixer.requires else None
+            for a_name, a in (('q', q), ('k', k), ('v', v), ('x', x))]
+    if not train:
+        def infer() -> Tensor:
+            with torch.no_grad():
+                return mixer(*args)
+        return infer, info
+    for a in args:
+        if a is not None:
+            a.requires_grad_(True)
+    meter = SavedTensorMeter()
+
+    def step() -> None:
+        mixer.zero_grad(set_to_none=True)
+        for a in args:
+            if a is not None:
+                a.grad = None
+        with meter:
+            out = mixer(*args)
+        out.float().square().mean().backward()
+    step()
+    info['saved_for_backward_mib'] = meter.bytes / MIB
+    return step, info
+
+
+def _load_model_cfg(case: dict):
+    from mmengine.config import Config
+    cfg = Config.fromfile(case['config'])
+    if case.get('cfg_options'):
+        cfg.merge_from_dict(case['cfg_options'])
+    mixer_cfg, dyn_mode = parse_variant(case['variant'])
+    node = cfg
+    keys = case.get('attn_key', 'model.backbone.attn').split('.')
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = mixer_cfg
+    return cfg, dyn_mode
+
+
+def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
+    from mmengine.structures import PixelData
+    from mmseg.registry import MODELS
+    from mmseg.structures import SegDataSample
+
+    from ..attention import TokenMixer
+    from .loading import init_mmseg
+    init_mmseg()
+    cfg, dyn_mode = _load_model_cfg(case)
+    model = MODELS.build(cfg.model).to(device)
+    set_dynamics_mode(model, dyn_mode)
+    dtype = _dtype(case['dtype'])
+    b, (h, w) = case['batch'], case['resolution']
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(b, 3, h, w, generator=gen).to(device)
+    train = case['mode'] == 'train'
+    model.train(train)
+    info: dict[str, Any] = dict(weights_mib=_param_mib(model),
+                                inputs_mib=_tensor_mib(images.numel(), torch.float32))
+    attn_terms: list[dict[str, float]] = []
+
+    def record(mixer: nn.Module, args: tuple) -> None:
+        v = args[2]
+        shape_q = (*v.shape[:2], mixer.qk_channels, *v.shape[3:])
+        attn_terms.append(mixer_state_terms(mixer, shape_q, tuple(v.shape), dtype))
+    handles = [m.register_forward_pre_hook(record) for m in model.modules()
+               if isinstance(m, TokenMixer)]
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
+                else torch.autocast(device.type, enabled=False))
+    if not train:
+        def infer() -> Tensor:
+            with torch.no_grad(), autocast:
+                return model(images, mode='tensor')
+        infer()
+    else:
+        num_classes = cfg.model.decode_head.num_classes
+        samples = []
+        for _ in range(b):
+            s = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
+                                            ori_shape=(h, w)))
+            s.gt_sem_seg = PixelData(
+                data=torch.randint(0, num_classes, (1, h, w), generator=gen).to(device))
+            samples.append(s)
+        meter = SavedTensorMeter()
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            with meter, autocast:
+                loss, _ = model.parse_losses(model.loss(images, samples))
+            loss.backward()
+        step()
+        info['saved_for_backward_mib'] = meter.bytes / MIB
+    for hd in handles:
+        hd.remove()
+    if attn_terms:
+        per_layer = [sum(t.values()) for t in attn_terms]
+        info['analytic_mib'] = dict(attention_state_max_layer=max(per_layer),
+                                    attention_state_all_layers=sum(per_layer))
+        info['attention_layers'] = len(attn_terms)
+    return (infer if not train else step), info
+
+
+def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
+             repeats: int = 3) -> dict:
+    """Measure one case in this process (see the module docstring for the case fields).
+
+    Returns:
+        dict: the case plus ``peak_mib`` (peak above the pre-run baseline), ``time_ms``
+        (median), ``times_ms``, ``images_per_s`` (batch / time), the attribution fields
+        (``weights_mib``, ``inputs_mib``, ``output_mib``, ``analytic_mib``,
+        ``saved_for_backward_mib``) and, for operators, ``peak_over_output``; or ``error``.
+    """
+    device = torch.device(device)
+    if case.get('kind') not in KINDS:
+        raise ValueError(f"case kind must be one of {KINDS}, got {case.get('kind')!r}")
+    if case.get('mode') not in MODES:
+        raise ValueError(f"case mode must be one of {MODES}, got {case.get('mode')!r}")
+    result = dict(case)
+    try:
+        work = _model_work if case['kind'] == 'model' else _operator_work
+        fn, info = work(case, device)
+        # the builders ran the work once already (hooks / meters): that is the first warm-up
+        result.update(info)
+        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
+    except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+        result['error'] = f'{type(e).__name__}: {str(e)[:300]}'
+        return result
+    if result.get('time_ms'):
+        result['images_per_s'] = case['batch'] / (result['time_ms'] / 1e3)
+    if 'output_mib' in result and result['output_mib']:
+        result['peak_over_output'] = result['peak_mib'] / result['output_mib']
+    return result
+
+
+def _worker() -> None:
+    """Subprocess entry: read ``{case, device, warmup, repeats, threads}`` JSON from stdin."""
+    job = json.loads(sys.stdin.read())
+    torch.set_num_threads(job['threads'])
+    import mmlrf  # noqa: F401  (registries)
+    res = run_case(job['case'], job['device'], job['warmup'], job['repeats'])
+    print('RESULT ' + json.dumps(res))
+
+
+def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: int = 3,
+              isolate: bool | None = None, threads: int | None = None,
+              timeout_s: float | None = None,
+              log: Callable[[str], None] = print) -> list[dict]:
+    """Measure every case; on CPU (default ``isolate``) each in a fresh subprocess.
+
+    Args:
+        cases: case dicts (module docstring).
+        device: 'cpu' or 'cuda[:i]'.
+        warmup, repeats: see :func:`mmlrf.analysis.memory.measure`.
+        isolate: run each case in a subprocess started with :data:`CPU_MEASURE_ENV`
+            (default: on CPU yes, on CUDA no — the CUDA allocator's peak is exact in-process).
+        threads: torch CPU threads of each subprocess (default: this process's).
+        timeout_s: per-case subprocess timeout; a timed-out case gets an ``error``.
+        log: called with one progress line per case.
+    """
+    dev = torch.device(device)
+    isolate = dev.type == 'cpu' if isolate is None else isolate
+    results = []
+    for case in cases:
+        if not isolate:
+            res = run_case(case, dev, warmup, repeats)
+        else:
+            job = json.dumps(dict(case=case, device=device, warmup=warmup, repeats=repeats,
+                                  threads=threads or torch.get_num_threads()))
+            env = {**os.environ, **CPU_MEASURE_ENV}
+            try:
+                proc = subprocess.run(
+                    [sys.executable, '-c',
+                     'import mmlrf.analysis.benchmark as b; b._worker()'],
+                    input=job, capture_output=True, text=True, env=env, timeout=timeout_s)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
+                res = (json.loads(lines[-1][7:]) if lines else
+                       dict(case, error=f'worker exit {proc.returncode}: '
+                            f'{proc.stderr.strip()[-300:]}'))
+            except subprocess.TimeoutExpired:
+                res = dict(case, error=f'timeout after {timeout_s} s')
+        results.append(res)
+        log(format_row(res))
+    return results
+
+
+# ------------------------------------------------------------------------------------ ratios
+def group_key(result: dict) -> str:
+    """Everything that identifies a measurement except the variant (same shapes, same mode)."""
+    if result['kind'] == 'model':
+        h, w = result['resolution']
+        shape = f"{os.path.basename(result['config'])} {result['batch']}x{h}x{w}"
+    else:
+        shape = (f"N={result['n_tokens']} C={result['channels']} heads={result['heads']} "
+                 f"Cv={result['channels'] * result['v_ratio']} B={result['batch']} "
+                 f"T={result['T']}")
+    kind = 'operator' if result['kind'] == 'floor' else result['kind']
+    return f"{kind} {result['mode']} {result['dtype']} {shape}"
+
+
+def compute_ratios(results: list[dict], reference: str = REFERENCE) -> list[dict]:
+    """Peak-memory and time ratios ``variant / reference`` within each group of one run.
+
+    Returns:
+        list[dict]: ``group``, ``variant``, ``reference``, ``peak_mib``,
+        ``reference_peak_mib``, ``peak_ratio``, ``time_ms``, ``reference_time_ms``,
+        ``time_ratio`` (a ratio is None when the reference number is missing or zero).
+    """
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if 'error' not in r:
+            groups.setdefault(group_key(r), []).append(r)
+    ratios = []
+    for key, rows in groups.items():
+        refs = [r for r in rows if r['variant'] == reference and r['kind'] != 'floor']
+        if not refs:
+            continue
+        ref = refs[0]
+        for r in rows:
+            if r is ref:
+                continue
+            name = 'floor' if r['kind'] == 'floor' else r['variant']
+            time_ratio = (r['time_ms'] / ref['time_ms']
+                          if r.get('time_ms') and ref.get('time_ms') else None)
+            ratios.append(dict(group=key, variant=name, reference=reference,
+                               peak_mib=r['peak_mib'], reference_peak_mib=ref['peak_mib'],
+                               peak_ratio=(r['peak_mib'] / ref['peak_mib']
+                                           if ref['peak_mib'] > 0 else None),
+                               time_ms=r.get('time_ms'), reference_time_ms=ref.get('time_ms'),
+                               time_ratio=time_ratio))
+    return ratios
+
+
+# ------------------------------------------------------------------------------ case builders
+def operator_cases(variants: list[str], n_tokens: list[int], channels: int = 360,
+                   heads: int = 8, v_ratio: int = 4, batches: list[int] = (1,),
+                   ts: list[int] = (1,), modes: list[str] = ('infer',),
+                   dtypes: list[str] = ('float32',), floor: bool = True) -> list[dict]:
+    """The cross product of the operator sweep (plus one 'floor' case per shape if asked)."""
+    cases = []
+    for mode in modes:
+        for dtype in dtypes:
+            for n in n_tokens:
+                for b in batches:
+                    for t in ts:
+                        shape = dict(mode=mode, dtype=dtype, n_tokens=n, hw=list(grid_hw(n)),
+                                     channels=channels, heads=heads, v_ratio=v_ratio,
+                                     batch=b, T=t)
+                        cases += [dict(kind='operator', variant=v, **shape) for v in variants]
+                        if floor and mode == 'infer':
+                            cases.append(dict(kind='floor', variant='floor', **shape))
+    return cases
+
+
+def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, int]],
+                batches: list[int] = (1,), modes: list[str] = ('infer',),
+                dtypes: list[str] = ('float32',), cfg_options: dict | None = None,
+                attn_key: str = 'model.backbone.attn') -> list[dict]:
+    """The cross product of the whole-model sweep."""
+    return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
+                 resolution=list(res), batch=b, cfg_options=cfg_options or {},
+                 attn_key=attn_key)
+            for mode in modes for dtype in dtypes for res in resolutions for b in batches
+            for v in variants]
+
+
+# ----------------------------------------------------------------------------------- reports
+def format_row(r: dict) -> str:
+    """One human-readable line per result."""
+    name = f"{r['kind']:<8} {r['variant']:<16} {group_key(r)}"
+    if 'error' in r:
+        return f'{name}  ERROR {r["error"]}'
+    t = f"{r['time_ms']:.3f} ms" if r.get('time_ms') else '-'
+    ips = f"{r['images_per_s']:.2f} img/s" if r.get('images_per_s') else ''
+    return f"{name}  peak {r['peak_mib']:.1f} MiB  {t}  {ips}"
+
+
+def format_ratio(r: dict) -> str:
+    """One line per ratio."""
+    t = f"  time {r['time_ratio']:.3f}x" if r['time_ratio'] is not None else ''
+    p = f"{r['peak_ratio']:.3f}x" if r['peak_ratio'] is not None else 'n/a'
+    return (f"RATIO {r['variant']}/{r['reference']} [{r['group']}]: peak {p} "
+            f"({r['peak_mib']:.1f} / {r['reference_peak_mib']:.1f} MiB){t}")
+
+
+def environment(device: str) -> dict:
+    """Machine, versions and settings recorded with every report."""
+    env = dict(date=datetime.date.today().isoformat(), torch=torch.__version__,
+               python=platform.python_version(), platform=platform.platform(),
+               cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=device)
+    if device.startswith('cuda') and torch.cuda.is_available():
+        env.update(gpu=torch.cuda.get_device_name(device),
+                   tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                   tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    return env
+
+
+def plot_results(results: list[dict], path: str, title: str = 'mmlrf benchmark') -> None:
+    """Horizontal bar plot of peak memory and time per measurement (log scale), one PNG."""
+    from .plotting import new_figure, save_figure
+    rows = [r for r in results if 'error' not in r]
+    labels = [f"{r['variant']} | {group_key(r)}" for r in rows]
+    fig, axes = new_figure(1, 2, size=(16, 1.5 + 0.35 * max(len(rows), 1)))
+    for ax, field, unit in ((axes[0], 'peak_mib', 'peak memory above baseline (MiB)'),
+                            (axes[1], 'time_ms', 'time per iteration (ms, median)')):
+        values = [max(r.get(field) or 0.0, 1e-6) for r in rows]
+        ax.barh(range(len(rows)), values, color=['C1' if r['variant'] == REFERENCE else 'C0'
+                                                 for r in rows])
+        ax.set_xscale('log')
+        ax.set_xlabel(unit)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(labels if ax is axes[0] else [], fontsize=7)
+        ax.invert_yaxis()
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def write_report(results: list[dict], out_prefix: str, device: str, command: str,
+                 highlights: list[dict] | None = None) -> dict:
+    """Write ``<out_prefix>.json`` and ``<out_prefix>.png``; return the report dict.
+
+    JSON fields: ``meta`` (:func:`environment` + ``command`` + ``memory_method``),
+    ``results`` (:func:`run_case` dicts), ``ratios`` (:func:`compute_ratios`),
+    ``highlights`` (the ratios a preset asked for, by ``label``).
+    """
+    from .memory import __doc__ as memory_doc
+    method = ('cuda: max_memory_allocated above the pre-run allocation' if device.startswith('cuda')
+              else 'cpu: peak RSS (VmHWM, reset via /proc/self/clear_refs) above the pre-run '
+                   'RSS, one fresh subprocess per case with MALLOC_MMAP_THRESHOLD_=65536')
+    report = dict(meta=dict(environment(device), command=command, memory_method=method,
+                            memory_method_doc=(memory_doc or '').strip()),
+                  results=results, ratios=compute_ratios(results), highlights=highlights or [])
+    os.makedirs(os.path.dirname(os.path.abspath(out_prefix)), exist_ok=True)
+    with open(out_prefix + '.json', 'w') as f:
+        json.dump(report, f, indent=1)
+    plot_results(results, out_prefix + '.png')
+    return report
+
+
+def find_ratio(ratios: list[dict], variant: str, group_contains: list[str]) -> dict | None:
+    """The ratio row of ``variant`` whose group contains every string of ``group_contains``."""
+    for r in ratios:
+        if r['variant'] == variant and all(s in r['group'] for s in group_contains):
+            return r
+    return None
+
+
+# ----------------------------------------------------------------------------------- presets
+#: The SDT-V3-19M + spiking FPN segmentor with the official attention (ADE20K head, 150 classes).
+MODEL_19M_CONFIG = os.path.join('configs', '_base_', 'models', 'fpn_sdtv3.py')
+PRESETS = ('issue4', 'issue5', 'sweep')
+#: Tiny CPU-sized model used by :func:`smoke_cases`.
+TOY_CONFIG = os.path.join('configs', 'toy', 'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')
+
+
+def estimate_mib(case: dict) -> float:
+    """Rough lower bound of a case's peak (MiB): the N×N maps of QK-first variants.
+
+    Used only to skip cases that cannot fit the memory budget (``run_cases``'s caller marks
+    them 'skipped'); SDT-V3 attention runs at stride 16 with 8 heads.
+    """
+    cfg, _ = parse_variant(case['variant']) if case['kind'] != 'floor' else ({}, None)
+    if cfg.get('order') != 'qk':
+        return 0.0
+    size = _dtype(case['dtype'])
+    if case['kind'] == 'model':
+        h, w = case['resolution']
+        n, heads, t = math.ceil(h / 16) * math.ceil(w / 16), 8, 1
+        maps = 8 if case['mode'] == 'train' else 1   # saved for backward in every block
+    else:
+        n, heads, t, maps = case['n_tokens'], case['heads'], case['T'], 1
+    return maps * _tensor_mib(t * case['batch'] * heads * n * n, size)
+
+
+def preset_cases(name: str, device: str = 'cpu', model_config: str = MODEL_19M_CONFIG,
+                 cpu_train_batch: int = 2) -> tuple[list[dict], list[dict]]:
+    """Cases and highlight specs of a named preset.
+
+    * ``issue4``: operator N = 4096 (64×64), C = 360, 8 heads, V = 4C, batch 1, fp32 inference:
+      official, KV-first SSA, LRF-SSA, LRF-Dyn, floor; whole 19M model at 1×1024×2048
+      inference: official, LRF-SSA, LRF-Dyn.
+    * ``sweep``: whole 19M model, official vs LRF-SSA vs LRF-Dyn, inference at 512×512 and
+      1024×2048 with batch 1 and 8, a training step at 8×512×512; on CUDA also bfloat16
+      (autocast) inference at 1×1024×2048 and bfloat16 operators at N = 8192, batch 8.
+    * ``issue5``: operator N = 8192 (64×128), batch 8, C = 360, 8 heads, V = 4C, fp32
+      inference: official, KV-first, LRF-Dyn in every dynamics mode, floor; operator N = 4096
+      batch 1 (the CPU target); whole model 1×1024×2048 inference and a training step at
+      8×512×512 (on CPU batch ``cpu_train_batch``), official vs LRF-Dyn.
+
+    Returns:
+        (cases, highlights): each highlight is ``dict(label, variant, group_contains)``.
+    """
+    if name not in PRESETS:
+        raise ValueError(f'preset must be one of {PRESETS}, got {name!r}')
+    op = dict(channels=360, heads=8, v_ratio=4)
+    if name == 'issue4':
+        cases = operator_cases(['official', 'ssa_kv', 'lrf_ssa', 'lrf_dyn'], [4096], **op)
+        cases += model_cases(model_config, ['official', 'lrf_ssa', 'lrf_dyn'], [(1024, 2048)])
+        highlights = [
+            dict(label='operator N=4096 inference peak memory, LRF-Dyn / official',
+                 variant='lrf_dyn', group_contains=['operator infer', 'N=4096 ']),
+            dict(label='SDT-V3-19M 1x1024x2048 inference peak memory, LRF-Dyn / official',
+                 variant='lrf_dyn', group_contains=['model infer', '1x1024x2048'])]
+        return cases, highlights
+    if name == 'sweep':
+        three = ['official', 'lrf_ssa', 'lrf_dyn']
+        cases = model_cases(model_config, three, [(512, 512), (1024, 2048)], batches=[1, 8])
+        cases += model_cases(model_config, three, [(512, 512)], batches=[8], modes=['train'])
+        if device.startswith('cuda'):
+            cases += model_cases(model_config, ['official', 'lrf_dyn'], [(1024, 2048)],
+                                 dtypes=['bfloat16'])
+            cases += operator_cases(['official', 'ssa_kv', 'lrf_dyn'], [8192], batches=[8],
+                                    dtypes=['bfloat16'], **op)
+        return cases, []
+    modes = [m for m in dynamics_modes() if m != 'triton' or device.startswith('cuda')]
+    cases = operator_cases(['official', 'ssa_kv'] + [f'lrf_dyn:{m}' for m in modes], [8192],
+                           batches=[8], **op)
+    cases += operator_cases(['official', 'lrf_dyn'], [4096], floor=False, **op)
+    cases += model_cases(model_config, ['official', 'lrf_dyn'], [(1024, 2048)])
+    train_batch = 8 if device.startswith('cuda') else cpu_train_batch
+    cases += model_cases(model_config, ['official', 'lrf_dyn'], [(512, 512)],
+                         batches=[train_batch], modes=['train'])
+    highlights = [dict(label=f'operator N=8192 B=8 forward, LRF-Dyn ({m}) / official',
+                       variant=f'lrf_dyn:{m}', group_contains=['operator infer', 'N=8192 '])
+                  for m in modes]
+    highlights += [
+        dict(label='operator N=8192 B=8: floor (V.clone()) / official', variant='floor',
+             group_contains=['operator infer', 'N=8192 ']),
+        dict(label='operator N=4096 B=1 peak memory, LRF-Dyn / official (target <= 0.25)',
+             variant='lrf_dyn', group_contains=['operator infer', 'N=4096 ']),
+        dict(label='SDT-V3-19M+FPN 1x1024x2048 inference, LRF-Dyn / official',
+             variant='lrf_dyn', group_contains=['model infer', '1x1024x2048']),
+        dict(label=f'SDT-V3-19M+FPN training step {train_batch}x512x512, LRF-Dyn / official',
+             variant='lrf_dyn', group_contains=['model train', 'x512x512'])]
+    return cases, highlights
+
+
+def smoke_cases(cases: list[dict], toy_config: str = TOY_CONFIG) -> list[dict]:
+    """Shrink cases to a quick CPU dry run: operators to N/16 tokens, C = 32, 4 heads; models
+    to the toy config at 1/16 of each side (at least 64 px), batch at most 2."""
+    out = []
+    for c in cases:
+        c = dict(c, batch=min(c['batch'], 2))
+        if c['kind'] == 'model':
+            c.update(config=toy_config,
+                     resolution=[max(64, c['resolution'][0] // 16),
+                                 max(64, c['resolution'][1] // 16)])
+        else:
+            n = max(c['n_tokens'] // 16, 16)
+            c.update(n_tokens=n, hw=list(grid_hw(n)), channels=32, heads=4)
+        out.append(c)
+    return out
+
+
+def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
+                  highlights: list[dict] | None = None, warmup: int = 1, repeats: int = 3,
+                  budget_mib: float | None = None, timeout_s: float | None = None,
+                  isolate: bool | None = None, log: Callable[[str], None] = print) -> dict:
+    """Run cases (skipping those whose :func:`estimate_mib` exceeds ``budget_mib``), write the
+    JSON + PNG report, print every ratio and the highlights, and return the report."""
+    todo, skipped = [], []
+    for c in cases:
+        est = estimate_mib(c)
+        if budget_mib is not None and est > budget_mib:
+            skipped.append(dict(c, error=f'skipped: estimated >= {est:.0f} MiB exceeds the '
+                                         f'budget {budget_mib:.0f} MiB'))
+            log(format_row(skipped[-1]))
+        else:
+            todo.append(c)
+    results = run_cases(todo, device, warmup, repeats, isolate, timeout_s=timeout_s,
+                        log=log) + skipped
+    ratios = compute_ratios(results)
+    found = []
+    for h in highlights or []:
+        r = find_ratio(ratios, h['variant'], h['group_contains'])
+        found.append(dict(h, ratio=r))
+    report = write_report(results, out_prefix, device, command, found)
+    for r in report['ratios']:
+        log(format_ratio(r))
+    for h in found:
+        r = h['ratio']
+        log(f"HIGHLIGHT {h['label']}: " + (format_ratio(r) if r else
+                                           'not measured (see errors above)'))
+    return report

@@ -1,0 +1,88 @@
+"""Build a segmentor from a config (+ checkpoint) and get input batches for the analysis tools."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+def init_mmseg() -> None:
+    """Register mmseg's modules and make 'mmseg' the default registry scope (idempotent)."""
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=True)
+
+
+def load_model(config: str, checkpoint: str | None = None, cfg_options: dict | None = None,
+               device: str = 'cpu') -> tuple[nn.Module, object]:
+    """``MODELS.build(cfg.model)``, weights from ``checkpoint`` (strict), in eval mode.
+
+    Returns:
+        (model, cfg)
+    """
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+    from mmseg.registry import MODELS
+    init_mmseg()
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    model = MODELS.build(cfg.model)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    return model.to(device).eval(), cfg
+
+
+def config_crop_size(cfg, default: tuple[int, int] = (512, 512)) -> tuple[int, int]:
+    """The input size of a config (``model.data_preprocessor.size`` or ``crop_size``)."""
+    size = cfg.get('model', {}).get('data_preprocessor', {}).get('size') or cfg.get('crop_size')
+    return tuple(size) if size else default
+
+
+def image_batches(model: nn.Module, cfg, num_images: int, batch_size: int = 1,
+                  data_root: str | None = None, size: tuple[int, int] | None = None,
+                  device: str = 'cpu') -> tuple[Iterator[Tensor], str]:
+    """Preprocessed image batches ``[B, 3, H, W]`` from the config's validation set.
+
+    Falls back to generated images (uniform noise in [0, 255] at the config's crop size, through
+    the model's data preprocessor) when the data set cannot be built (e.g. not downloaded).
+
+    Returns:
+        (iterator of batches, source): ``source`` is ``'dataset:<type>'`` or ``'generated'``.
+    """
+    try:
+        from mmengine.runner import Runner
+        loader_cfg = cfg.copy().get('val_dataloader') or cfg.get('test_dataloader')
+        if loader_cfg is None:
+            raise FileNotFoundError('no val_dataloader in the config')
+        loader_cfg = loader_cfg.copy()
+        loader_cfg.update(batch_size=batch_size, num_workers=0, persistent_workers=False)
+        if data_root:
+            loader_cfg['dataset']['data_root'] = data_root
+        loader = Runner.build_dataloader(loader_cfg)
+        source = f"dataset:{loader_cfg['dataset']['type']}"
+        if len(loader.dataset) == 0:
+            raise FileNotFoundError('empty data set')
+    except (FileNotFoundError, KeyError, OSError, ValueError) as e:
+        loader, source = None, f'generated ({type(e).__name__}: {str(e)[:80]})'
+
+    def batches() -> Iterator[Tensor]:
+        seen = 0
+        gen = torch.Generator().manual_seed(0)
+        h, w = size or config_crop_size(cfg)
+        it = iter(loader) if loader is not None else None
+        while seen < num_images:
+            n = min(batch_size, num_images - seen)
+            if it is not None:
+                try:
+                    data = next(it)
+                except StopIteration:
+                    return
+            else:
+                data = dict(inputs=[(torch.rand(3, h, w, generator=gen) * 255).to(torch.uint8)
+                                    for _ in range(n)])
+            data = model.data_preprocessor(data, False)
+            x = data['inputs'].to(device)
+            seen += x.shape[0]
+            yield x
+    return batches(), source

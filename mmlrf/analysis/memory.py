@@ -1,0 +1,112 @@
+"""Peak-memory and time measurement of one callable, on CUDA or CPU.
+
+CUDA: the caching allocator's peak (``torch.cuda.max_memory_allocated``) above the allocated
+bytes just before the measured call, after ``reset_peak_memory_stats``.
+
+CPU: the process's peak resident set (``VmHWM`` of ``/proc/self/status``) above its resident set
+just before the measured call, after resetting the peak with ``/proc/self/clear_refs`` (Linux).
+This only reflects the call's tensors when the process returns freed memory to the OS: run it in
+a fresh process started with :data:`CPU_MEASURE_ENV` (glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed
+at 64 KiB, so every tensor of 64 KiB or more is its own ``mmap`` and is unmapped when freed), as
+:func:`mmlrf.analysis.benchmark.run_cases` does. See ``docs/benchmarks.md``.
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+MIB = float(1 << 20)
+
+#: Environment for CPU measurement subprocesses (see the module docstring).
+CPU_MEASURE_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536', 'MALLOC_TRIM_THRESHOLD_': '0'}
+
+
+def _proc_status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise RuntimeError(f'{field} not found in /proc/self/status')
+
+
+def rss_mib() -> float:
+    """Current resident set size of this process in MiB (Linux)."""
+    return _proc_status_kib('VmRSS') / 1024
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size (``VmHWM``) of this process in MiB (Linux)."""
+    return _proc_status_kib('VmHWM') / 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
+    """Peak memory of one call of ``fn`` above the memory in use just before it, in MiB.
+
+    The result of ``fn`` is held until the peak is read, so it counts (an output is part of
+    the run's memory).
+    """
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        reset_peak_rss()
+        base = _proc_status_kib('VmRSS')
+        out = fn()
+        peak = _proc_status_kib('VmHWM') - base
+        peak *= 1024
+    del out
+    return peak / MIB
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
+    """Wall time of ``repeats`` calls of ``fn`` in ms, each synchronised on CUDA."""
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def measure(fn: Callable[[], Any], device: torch.device, warmup: int = 1,
+            repeats: int = 3) -> dict[str, Any]:
+    """Warm up, then measure the peak memory of one call and the time of ``repeats`` calls.
+
+    Args:
+        fn: the work of one iteration (returns its output, which is kept until the peak is read).
+        device: where ``fn`` runs.
+        warmup: untimed calls first (lazy allocations: thread pools, cuBLAS workspaces).
+        repeats: timed calls; the median is reported.
+
+    Returns:
+        dict: ``peak_mib`` (float), ``time_ms`` (median, float), ``times_ms`` (list).
+    """
+    for _ in range(warmup):
+        fn()
+    peak = peak_memory_mib(fn, device)
+    times = time_ms(fn, device, repeats) if repeats > 0 else []
+    return dict(peak_mib=peak, time_ms=statistics.median(times) if times else None,
+                times_ms=times)

@@ -1,0 +1,232 @@
+"""Strict, self-explaining loading of pretrained backbone weights.
+
+mmengine's ``init_cfg=dict(type='Pretrained', ...)`` loads with ``strict=False`` and only logs the
+mismatch; a backbone that silently kept half of its random initialisation then trains "fine".
+Here a ``Pretrained`` init_cfg on a module using :class:`StrictPretrainedMixin` is loaded by
+:func:`load_pretrained`: the checkpoint's keys are matched to the module after prefix handling,
+and any missing, unexpected or shape-mismatched key raises :class:`CheckpointMismatchError` with a
+readable report, unless the init_cfg says ``strict=False`` (then the report is logged as a warning
+and the log never claims a complete load).
+
+Prefixes: a leading ``module.`` (DDP / EMA wrappers) is always stripped. With ``prefix=None`` the
+keys are used as they are if they fit the module, else the ``backbone.`` sub-tree is used (an mmseg
+segmentor or an mmpretrain ``ImageClassifier`` checkpoint); an explicit ``prefix`` selects that
+sub-tree only. Keys outside the selected sub-tree (e.g. ``head.*``) are not "unexpected": they are
+counted and listed as ignored.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from mmengine.logging import print_log
+from mmengine.runner.checkpoint import _load_checkpoint
+from torch import nn
+
+AUTO_PREFIXES: Tuple[str, ...] = ('', 'backbone.')
+_WRAPPER_PREFIX = re.compile(r'^module\.')
+_STATE_DICT_KEYS = ('state_dict', 'model', 'module')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint does not fit a module exactly (see :class:`LoadReport` for the details)."""
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint into a module matched and what it did not.
+
+    Attributes:
+        source (str): the checkpoint path.
+        prefix (str): the sub-tree of the checkpoint that was used ('' = all of it).
+        loaded (list[str]): module keys filled from the checkpoint.
+        missing (list[str]): module keys the checkpoint lacks (they keep their initialisation).
+        unexpected (list[str]): checkpoint keys (within ``prefix``) the module does not have.
+        mismatched (list[tuple[str, tuple, tuple]]): ``(key, checkpoint_shape, module_shape)``.
+        ignored (list[str]): checkpoint keys outside ``prefix``.
+    """
+
+    source: str
+    prefix: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    ignored: List[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """True when every module key was loaded and every checkpoint key was used."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def format(self, max_keys: int = 20) -> str:
+        """Human-readable multi-line summary (at most ``max_keys`` keys listed per group)."""
+
+        def block(title: str, items: List[str]) -> List[str]:
+            if not items:
+                return []
+            shown = [f'    {item}' for item in items[:max_keys]]
+            if len(items) > max_keys:
+                shown.append(f'    ... and {len(items) - max_keys} more')
+            return [f'  {title} ({len(items)}):', *shown]
+
+        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
+        lines = [f'checkpoint {self.source!r}, prefix {self.prefix!r}: loaded {len(self.loaded)} '
+                 f'of {total} module tensors']
+        lines += block('missing in checkpoint', self.missing)
+        lines += block('unexpected in checkpoint', self.unexpected)
+        lines += block('shape mismatch (checkpoint vs module)',
+                       [f'{k}: {tuple(a)} vs {tuple(b)}' for k, a, b in self.mismatched])
+        if self.ignored:
+            lines.append(f'  ignored {len(self.ignored)} checkpoint keys outside prefix '
+                         f'{self.prefix!r} (e.g. {self.ignored[0]!r})')
+        return '\n'.join(lines)
+
+
+def extract_state_dict(checkpoint: Any, source: str = '<checkpoint>') -> Dict[str, torch.Tensor]:
+    """Return the tensor dict of a loaded checkpoint, with any ``module.`` wrapper prefix removed.
+
+    Accepts mmengine checkpoints (``state_dict``), official ones (``model``), and bare state dicts.
+
+    Args:
+        checkpoint: the object :func:`torch.load` returned.
+        source (str): its path, for error messages.
+
+    Returns:
+        dict[str, Tensor]: key -> tensor.
+
+    Raises:
+        CheckpointMismatchError: the object holds no tensors.
+    """
+    state = checkpoint
+    while isinstance(state, Mapping):
+        inner = next((state[k] for k in _STATE_DICT_KEYS if isinstance(state.get(k), Mapping)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, Mapping) or not any(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointMismatchError(
+            f'{source!r} holds no state dict: expected a mapping of tensors, or one under '
+            f'{list(_STATE_DICT_KEYS)}')
+    return OrderedDict((_WRAPPER_PREFIX.sub('', k), v) for k, v in state.items() if torch.is_tensor(v))
+
+
+def match_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                     prefix: Optional[str] = None, source: str = '<checkpoint>'
+                     ) -> Tuple[Dict[str, torch.Tensor], LoadReport]:
+    """Select the checkpoint sub-tree for ``module`` and compare it key by key.
+
+    Args:
+        module (nn.Module): the module to load into.
+        state_dict (Mapping[str, Tensor]): checkpoint tensors (see :func:`extract_state_dict`).
+        prefix (str | None): sub-tree to use (a trailing '.' is added); None tries
+            :data:`AUTO_PREFIXES` and keeps the one matching most module keys.
+        source (str): the checkpoint path, for the report.
+
+    Returns:
+        tuple: the loadable subset ``{module_key: tensor}`` and the :class:`LoadReport`.
+    """
+    expected = module.state_dict()
+    if prefix is None:
+        prefix = max(AUTO_PREFIXES, key=lambda p: sum(p + k in state_dict for k in expected))
+    elif prefix and not prefix.endswith('.'):
+        prefix += '.'
+    report = LoadReport(source=source, prefix=prefix)
+    selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
+    report.ignored = [k for k in state_dict if not k.startswith(prefix)]
+    loadable: Dict[str, torch.Tensor] = OrderedDict()
+    for key, target in expected.items():
+        if key not in selected:
+            report.missing.append(key)
+        elif selected[key].shape != target.shape:
+            report.mismatched.append((key, tuple(selected[key].shape), tuple(target.shape)))
+        else:
+            loadable[key] = selected[key]
+            report.loaded.append(key)
+    report.unexpected = [k for k in selected if k not in expected]
+    return loadable, report
+
+
+def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = None,
+                    strict: bool = True, map_location: str = 'cpu') -> LoadReport:
+    """Load pretrained weights into ``module``, strictly by default, and report what happened.
+
+    Args:
+        module (nn.Module): the module (typically a backbone) to fill.
+        checkpoint (str): path or URL understood by mmengine's ``CheckpointLoader``.
+        prefix (str | None): checkpoint sub-tree holding the module (e.g. ``'backbone.'``);
+            None: auto (see :func:`match_state_dict`).
+        strict (bool): raise on any missing / unexpected / shape-mismatched key (nothing is
+            loaded then). With False the matching tensors are loaded and the report is logged
+            as a warning.
+        map_location (str): as for :func:`torch.load`.
+
+    Returns:
+        LoadReport: the comparison (``report.complete`` tells whether it was a full load).
+
+    Raises:
+        CheckpointMismatchError: ``strict`` and the checkpoint does not fit exactly.
+    """
+    state_dict = extract_state_dict(_load_checkpoint(checkpoint, map_location=map_location),
+                                    source=checkpoint)
+    loadable, report = match_state_dict(module, state_dict, prefix=prefix, source=checkpoint)
+    name = type(module).__name__
+    if not report.complete and strict:
+        raise CheckpointMismatchError(
+            f'{name}: pretrained checkpoint does not match (strict loading; pass strict=False in '
+            f'the init_cfg to load the matching part only)\n{report.format()}')
+    if not report.loaded:
+        raise CheckpointMismatchError(f'{name}: no tensor of the checkpoint fits\n{report.format()}')
+    module.load_state_dict(loadable, strict=False)
+    if report.complete:
+        print_log(f'{name}: loaded all {len(report.loaded)} tensors from {checkpoint!r} '
+                  f'(prefix {report.prefix!r})', logger='current')
+    else:
+        print_log(f'{name}: PARTIAL load (strict=False)\n{report.format()}', logger='current',
+                  level=logging.WARNING)
+    return report
+
+
+class StrictPretrainedMixin:
+    """Make ``init_cfg=dict(type='Pretrained', checkpoint=..., [prefix], [strict])`` strict.
+
+    Put it before ``BaseModule`` in the bases (``class MyBackbone(StrictPretrainedMixin,
+    BaseModule)``). ``init_weights`` first runs every other init_cfg entry and the children's
+    own initialisation, then loads the ``Pretrained`` entry with :func:`load_pretrained`
+    (``strict=True`` unless the entry says otherwise), so nothing overwrites the loaded weights.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        for cfg in self._pretrained_cfgs():
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'strict', 'map_location'}
+            if unknown or 'checkpoint' not in cfg:
+                raise ValueError(
+                    f"init_cfg type='Pretrained': unknown option(s) {sorted(unknown)} or no "
+                    "'checkpoint'; allowed: 'checkpoint' (required), 'prefix', 'strict', "
+                    "'map_location'")
+
+    def _pretrained_cfgs(self) -> List[Mapping[str, Any]]:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        return [c for c in cfgs if isinstance(c, Mapping) and c.get('type') == 'Pretrained']
+
+    def init_weights(self) -> None:
+        """Initialise, then load the ``Pretrained`` init_cfg entry strictly (see class doc)."""
+        pretrained = self._pretrained_cfgs()
+        if not pretrained:
+            super().init_weights()  # type: ignore[misc]
+            return
+        original = self.init_cfg
+        cfgs = original if isinstance(original, list) else [original]
+        others = [c for c in cfgs if c is not None and all(c is not p for p in pretrained)]
+        self.init_cfg = others or None
+        try:
+            super().init_weights()  # type: ignore[misc]
+        finally:
+            self.init_cfg = original
+        for cfg in pretrained:
+            load_pretrained(self, **{k: v for k, v in cfg.items() if k != 'type'})  # type: ignore

@@ -1,0 +1,27 @@
+"""Test helper for tests/test_distributed.py: every rank saves its final weights."""
+from __future__ import annotations
+
+import os.path as osp
+
+import torch
+from mmengine.dist import get_rank
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmseg.registry import HOOKS
+
+
+@HOOKS.register_module()
+class DumpRankWeightsHook(Hook):
+    """After training, write ``work_dir/rank{r}_{init,weights}.pth`` before/after training: ``{'params', 'buffers'}`` dicts."""
+
+    def before_train(self, runner) -> None:
+        self._dump(runner, 'init')
+
+    def after_train(self, runner) -> None:
+        self._dump(runner, 'weights')
+
+    def _dump(self, runner, tag: str) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        torch.save({'params': {k: v.detach().clone() for k, v in model.named_parameters()},
+                    'buffers': {k: v.detach().clone() for k, v in model.named_buffers()}},
+                   osp.join(runner.work_dir, f'rank{get_rank()}_{tag}.pth'))

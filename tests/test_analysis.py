@@ -1,0 +1,186 @@
+"""Tests of the measurement tools (mmlrf.analysis): energy counting, benchmark, locality."""
+import json
+
+import mmlrf  # noqa: F401
+import pytest
+import torch
+from torch import nn
+
+from mmlrf.analysis import benchmark as bm
+from mmlrf.analysis import energy
+from mmlrf.neurons import MultiSpike
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def assert_png(path):
+    with open(path, 'rb') as f:
+        assert f.read(8) == PNG_SIGNATURE
+    import matplotlib.image
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 10 and img.shape[1] > 10
+
+
+# ------------------------------------------------------------------------------------ energy
+def test_energy_hand_count():
+    """image → Conv(3→4, 3×3, pad 1) → MultiSpike → Conv(4→6, 1×1) → MultiSpike → Conv(6→2,
+    3×3, stride 2, pad 1): MACs of the first conv, SOPs = rate × FLOPs for the other two."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), MultiSpike(4), nn.Conv2d(4, 6, 1),
+                          MultiSpike(4, norm=2), nn.Conv2d(6, 2, 3, stride=2, padding=1))
+    x = torch.randn(2, 3, 8, 8) * 3
+    report = energy.measure_energy(model, [x], e_mac=4.6, e_ac=0.9)
+    # hand computation, per image (2 images)
+    with torch.no_grad():
+        a = model[0](x)
+        c1 = torch.round(torch.clamp(a, 0, 4))                  # integer counts
+        b = model[2](c1 / 4)
+        c2 = torch.round(torch.clamp(b, 0, 4))
+    macs0 = 2 * 4 * 8 * 8 * 3 * 9 / 2                          # out elements × Cin·k² / images
+    flops1 = 2 * 6 * 8 * 8 * 4 * 1 / 2
+    flops2 = 2 * 2 * 4 * 4 * 6 * 9 / 2
+    sops1 = c1.double().mean().item() * flops1
+    sops2 = c2.double().mean().item() * flops2
+    rows = {r['name']: r for r in report['layers']}
+    assert rows['0']['input'] == 'real' and rows['0']['macs'] == macs0 and rows['0']['sops'] == 0
+    assert rows['2']['input'] == 'spike' and rows['2']['macs'] == 0
+    assert rows['2']['sops'] == pytest.approx(sops1, rel=1e-12)
+    assert rows['4']['sops'] == pytest.approx(sops2, rel=1e-12)
+    assert rows['2']['input_rate'] == pytest.approx(c1.double().mean().item(), rel=1e-12)
+    # exact events: a 1×1 conv meets every weight once per spike: sum(counts) × Cout / images
+    assert rows['2']['sops_exact'] == pytest.approx(c1.sum().item() * 6 / 2, rel=1e-12)
+    # naive loop for the strided, padded 3×3 conv: each output position gathers its window
+    pad = torch.nn.functional.pad(c2, (1, 1, 1, 1))
+    events = sum(pad[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].sum().item()
+                 for i in range(4) for j in range(4)) * 2
+    assert rows['4']['sops_exact'] == pytest.approx(events / 2, rel=1e-12)
+    tot = report['totals']
+    assert tot['energy_mj'] == pytest.approx((4.6 * macs0 + 0.9 * (sops1 + sops2)) * 1e-9)
+    neurons = {r['name']: r for r in report['neurons']}
+    assert neurons['3']['firing_rate'] == pytest.approx(c2.double().mean().item())
+
+
+def test_energy_ssa_product_counts_operand_spikes():
+    from mmlrf.attention import SpikingAttention
+    torch.manual_seed(0)
+    blk = SpikingAttention(8, 2, mixer=dict(type='SSA', order='qk'), v_ratio=2).eval()
+    x = torch.randn(1, 1, 8, 3, 4) * 2
+    report = energy.measure_energy(blk, [x], forward=lambda m, t: m(t))
+    with torch.no_grad():
+        u = blk.head_spike(x)
+        q = blk.q_spike(blk.q_conv(u)) * 4
+        v = blk.v_spike(blk.v_conv(u)) * 4
+    n, heads = 12, 2
+    expect = (q.double().mean() * heads * n * n * 4 + v.double().mean() * heads * n * n * 8)
+    row = {r['name']: r for r in report['layers']}['mixer.product']
+    assert row['sops'] == pytest.approx(expect.item(), rel=1e-12)
+
+
+def test_energy_plot_and_fields(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), MultiSpike(), nn.Conv2d(4, 2, 1))
+    report = energy.measure_energy(model, [torch.randn(1, 3, 6, 6)])
+    energy.plot_energy(report, str(tmp_path / 'e.png'))
+    assert_png(tmp_path / 'e.png')
+    assert {'images', 'e_mac_pj', 'e_ac_pj', 'layers', 'neurons', 'totals'} <= set(report)
+    assert {'flops', 'sops', 'sops_exact', 'macs', 'energy_mj'} <= set(report['totals'])
+
+
+# --------------------------------------------------------------------------------- benchmark
+def test_benchmark_operator_report(tmp_path):
+    cases = bm.operator_cases(['official', 'ssa_kv'], [1024], channels=16, heads=2, v_ratio=2,
+                              modes=['infer', 'train'])
+    # in-process (isolate=False) to keep the test fast; the subprocess path is tested below
+    report = bm.run_benchmark(cases, 'cpu', str(tmp_path / 'b'), 'test', warmup=1, repeats=1,
+                              isolate=False, log=lambda s: None)
+    assert_png(tmp_path / 'b.png')
+    data = json.loads((tmp_path / 'b.json').read_text())
+    assert {'meta', 'results', 'ratios', 'highlights'} <= set(data)
+    assert {'date', 'torch', 'device', 'command', 'memory_method'} <= set(data['meta'])
+    res = data['results']
+    assert all('error' not in r for r in res), res
+    for r in res:
+        assert {'peak_mib', 'time_ms', 'images_per_s', 'weights_mib', 'inputs_mib'} <= set(r)
+    # ratios are the quotients of this run's numbers
+    for q in data['ratios']:
+        num = [r for r in res if (r['variant'] if r['kind'] != 'floor' else 'floor')
+               == q['variant'] and bm.group_key(r) == q['group']][0]
+        ref = [r for r in res if r['variant'] == 'official' and bm.group_key(r) == q['group']][0]
+        assert q['peak_ratio'] == num['peak_mib'] / ref['peak_mib']
+        assert q['time_ratio'] == num['time_ms'] / ref['time_ms']
+    assert {q['variant'] for q in data['ratios']} == {'ssa_kv', 'floor'}
+    assert report['ratios'] == data['ratios']
+
+
+def test_benchmark_cpu_peak_reflects_tensors():
+    """The subprocess RSS method sees a 64 MiB output of the 'floor' case (clone of V)."""
+    h, w = bm.grid_hw(4096)
+    case = dict(kind='floor', variant='floor', mode='infer', dtype='float32', n_tokens=4096,
+                hw=[h, w], channels=1024, heads=8, v_ratio=4, batch=1, T=1)
+    (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=1, log=lambda s: None)
+    assert res['output_mib'] == 64.0
+    assert 60 <= res['peak_mib'] <= 72
+
+
+def test_benchmark_attention_map_attribution():
+    mixer = bm.build_mixer('official', 16, 2, 2)
+    terms = bm.mixer_state_terms(mixer, (1, 3, 16, 8, 8), (1, 3, 32, 8, 8), torch.float32)
+    assert terms['attention_map'] == 3 * 2 * 64 * 64 * 4 / 2**20
+
+
+def test_grid_and_variant_validation():
+    assert bm.grid_hw(8192) == (64, 128) and bm.grid_hw(4096) == (64, 64)
+    with pytest.raises(ValueError, match='variant'):
+        bm.parse_variant('nope')
+    with pytest.raises(ValueError, match='preset'):
+        bm.preset_cases('issue9')
+
+
+# ---------------------------------------------------------------------------------- locality
+def test_locality_single_dilated_kernel_distances():
+    from mmlrf.analysis import locality
+    from mmlrf.attention.lrf import LRFBranch
+    torch.manual_seed(0)
+    r, h, w = 2, 9, 9
+    lrf = LRFBranch(3, dilations=(r,), bn=False).eval()
+    weights = locality.token_influence(lambda v: lrf(v), (3, h, w))
+    stats = locality.locality_stats(weights, h, w)
+    hist = torch.tensor(stats['histogram'])
+    assert hist.sum().item() == pytest.approx(1.0, abs=1e-12)
+    nonzero = set(torch.nonzero(hist > 1e-12).flatten().tolist())
+    assert nonzero == {0, r, 2 * r}
+    # centre query: its row is the channel-mean |kernel| placed on the dilated taps
+    centre = (h // 2) * w + w // 2
+    kern = lrf.branches[0][0].weight.detach().abs().mean(0)[0]      # [3, 3]
+    expect = torch.zeros(h, w)
+    for i in range(3):
+        for j in range(3):
+            expect[h // 2 + (i - 1) * r, w // 2 + (j - 1) * r] = kern[i, j]
+    assert torch.allclose(weights[centre].view(h, w), expect, atol=1e-6)
+
+
+def test_locality_ssa_matches_dense_qk_map():
+    from mmlrf.analysis import locality
+    torch.manual_seed(0)
+    mixer = bm.build_mixer('official', 8, 2, 1).eval()
+    h, w = 3, 4
+    q = torch.randint(0, 5, (1, 1, 8, h, w)) / 4.0
+    k = torch.randint(0, 5, (1, 1, 8, h, w)) / 4.0
+    v = torch.zeros(1, 1, 8, h, w)
+    weights = locality.mixer_influence(mixer, q, k, v, None)
+    # dense reference: per head |s · q_n · k_m|, averaged over the channels (4 per head)
+    qf, kf = q[0, 0].flatten(1), k[0, 0].flatten(1)                 # [C, N]
+    ref = torch.stack([(qf[4 * i:4 * i + 4].T @ kf[4 * i:4 * i + 4]).abs() * mixer.scale
+                       for i in range(2)]).mean(0)
+    assert torch.allclose(weights, ref, atol=1e-6)
+    stats = locality.locality_stats(weights, h, w)
+    assert sum(stats['histogram']) == pytest.approx(1.0)
+    assert 0 <= stats['entropy'] <= 1
+
+
+def test_locality_stats_hand_example():
+    from mmlrf.analysis import locality
+    # 1×3 grid; every query puts all weight on token 0 → distances 0, 1, 2 each once
+    weights = torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [5.0, 0, 0]])
+    stats = locality.locality_stats(weights, 1, 3)
+    assert stats['histogram'] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert stats['entropy'] == 0.0 and stats['mean_distance'] == pytest.approx(1.0)

@@ -1,0 +1,268 @@
+"""Dendritic dynamics operator (issue 2 §3): modes agree, causality, stability, gradients,
+streaming, and a naive dense reference built directly from the raw parameters."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmlrf  # noqa: F401  (before mmseg.models)
+from mmlrf.attention.dynamics import LEAK_MIN, DendriticDynamics
+from mmseg.registry import MODELS
+
+ORDERS = ('raster', 'snake', 'column')
+
+
+def token_order(height, width, order):
+    """Row-major flat indices in scan order, written as plain loops."""
+    if order == 'raster':
+        return [i * width + j for i in range(height) for j in range(width)]
+    if order == 'snake':
+        return [i * width + (j if i % 2 == 0 else width - 1 - j)
+                for i in range(height) for j in range(width)]
+    return [i * width + j for j in range(width) for i in range(height)]
+
+
+def dense_system(module, direction, channel):
+    """(Ā, B̄, c) of one channel from the raw parameters: dense M, matrix_exp, solve."""
+    k = module.num_dendrites
+    leak_raw = module.leak_raw[direction, channel].detach().double().tolist()
+    gamma = module.coupling[direction, channel].detach().double().tolist()
+    m = torch.zeros(k, k, dtype=torch.float64)
+    for i in range(k):
+        left = abs(gamma[i - 1]) if i > 0 else 0.0
+        right = abs(gamma[i]) if i < k - 1 else 0.0
+        softplus = max(leak_raw[i], 0.0) + math.log1p(math.exp(-abs(leak_raw[i])))
+        m[i, i] = -(LEAK_MIN + softplus + left + right)
+        if i < k - 1:
+            m[i, i + 1] = m[i + 1, i] = gamma[i]
+    raw = float(module.dt_raw[direction, channel])
+    sig = 1 / (1 + math.exp(-raw)) if raw >= 0 else math.exp(raw) / (1 + math.exp(raw))
+    dt = math.exp(math.log(module.dt_min)
+                  + (math.log(module.dt_max) - math.log(module.dt_min)) * sig)
+    a_bar = torch.linalg.matrix_exp(m * dt)
+    b_bar = torch.linalg.solve(m, (a_bar - torch.eye(k, dtype=torch.float64))
+                               @ module.b[direction, channel].detach().double())
+    return a_bar, b_bar, module.c[direction, channel].detach().double()
+
+
+def naive_forward(module, x):
+    """Plain Python loops over channels and tokens in the original (non-modal) state basis."""
+    bsz, ch, height, width = x.shape
+    flat = x.double().flatten(2)
+    idx = token_order(height, width, module.order)
+    y = module.d.double()[None, :, None] * flat
+    directions = [(0, idx)] + ([(1, idx[::-1])] if module.bidirectional else [])
+    for direction, seq in directions:
+        for c in range(ch):
+            a_bar, b_bar, c_vec = dense_system(module, direction, c)
+            for b in range(bsz):
+                s = torch.zeros(module.num_dendrites, dtype=torch.float64)
+                for pos in seq:
+                    s = a_bar @ s + b_bar * flat[b, c, pos]
+                    y[b, c, pos] = y[b, c, pos] + c_vec @ s
+    return y.reshape(x.shape)
+
+
+def randomise(module, scale=0.5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module
+
+
+def rel_err(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('order', ORDERS)
+def test_matches_naive_dense_reference(order, bidirectional):
+    torch.manual_seed(0)
+    module = randomise(DendriticDynamics(3, 4, bidirectional=bidirectional, order=order)).double()
+    x = torch.randn(2, 3, 3, 5, dtype=torch.float64)
+    ref = naive_forward(module, x)
+    for mode in ('recurrent', 'fft'):
+        module.mode = mode
+        assert rel_err(module(x), ref) < 1e-10, mode
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-5), (torch.float32, 1e-4)])
+@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('order', ORDERS)
+def test_fft_equals_recurrent_n4096(order, bidirectional, dtype, tol):
+    """N = 64·64 = 4096 tokens; error is max |Δ| / max |reference| over the whole output."""
+    torch.manual_seed(1)
+    module = DendriticDynamics(2, 8, bidirectional=bidirectional, order=order,
+                               dt_min=1e-4, dt_max=1e-2).to(dtype)
+    x = torch.randn(1, 2, 64, 64, dtype=dtype)
+    with torch.no_grad():
+        module.mode = 'recurrent'
+        rec = module(x)
+        module.mode = 'fft'
+        fft = module(x)
+    assert fft.dtype == dtype
+    assert rel_err(fft, rec) <= tol
+
+
+@pytest.mark.parametrize('mode', ['fft', 'recurrent', 'scan', 'stream'])
+@pytest.mark.parametrize('order', ORDERS)
+def test_causality(order, mode):
+    torch.manual_seed(2)
+    height, width = 4, 6
+    seq = token_order(height, width, order)
+    causal = randomise(DendriticDynamics(3, 4, mode=mode, order=order)).double()
+    both = randomise(DendriticDynamics(3, 4, mode=mode, order=order, bidirectional=True)).double()
+    x = torch.randn(2, 3, height, width, dtype=torch.float64)
+    cut = 10
+    x2 = x.flatten(2).clone()
+    x2[..., seq[cut + 1:]] += torch.randn(2, 3, len(seq) - cut - 1, dtype=torch.float64)
+    x2 = x2.reshape(x.shape)
+    for module, should_change in ((causal, False), (both, True)):
+        past = lambda y: y.flatten(2)[..., seq[:cut + 1]]  # noqa: E731
+        diff = (past(module(x)) - past(module(x2))).abs().max().item()
+        assert (diff > 1e-6) == should_change, (module.bidirectional, diff)
+
+
+def wide(shape, gen):
+    """Random signs times magnitudes spread over 10^-3 .. 10^6."""
+    mag = 10 ** (torch.rand(shape, generator=gen, dtype=torch.float64) * 9 - 3)
+    return torch.sign(torch.randn(shape, generator=gen, dtype=torch.float64)) * mag
+
+
+def test_stability_1000_random_draws():
+    gen = torch.Generator().manual_seed(3)
+    module = DendriticDynamics(1000, 8, bidirectional=True).double()
+    with torch.no_grad():
+        for p in (module.leak_raw, module.coupling, module.dt_raw, module.b, module.c):
+            p.copy_(wide(p.shape, gen))
+    worst = 0.0
+    for channel in range(1000):
+        a_bar = dense_system(module, channel % 2, channel)[0]
+        worst = max(worst, torch.linalg.eigvals(a_bar).abs().max().item())
+    assert worst < 1
+    for direction in (0, 1):
+        modulus = torch.linalg.eigvals(module.discrete_state_matrix(direction)).abs()
+        assert modulus.max().item() < 1
+    module.mode = 'fft'
+    assert torch.isfinite(module(torch.randn(1, 1000, 4, 4, dtype=torch.float64))).all()
+
+
+def test_discrete_matrix_and_impulse_response_match_dense():
+    module = randomise(DendriticDynamics(2, 5), seed=4).double()
+    resp = module.impulse_response(6)
+    ada = module.discrete_state_matrix()
+    for c in range(2):
+        a_bar, b_bar, c_vec = dense_system(module, 0, c)
+        torch.testing.assert_close(ada[c], a_bar)
+        expect = torch.stack([c_vec @ torch.linalg.matrix_power(a_bar, m) @ b_bar
+                              for m in range(6)])
+        torch.testing.assert_close(resp[c], expect)
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+@pytest.mark.parametrize('mode', ['fft', 'recurrent', 'scan', 'stream'])
+def test_gradients_reach_every_parameter(mode, bidirectional):
+    torch.manual_seed(5)
+    module = DendriticDynamics(3, 4, mode=mode, bidirectional=bidirectional, order='snake')
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    (module(x) * torch.randn(2, 3, 4, 5)).sum().backward()
+    for name, p in list(module.named_parameters()) + [('x', x)]:
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_fft_and_recurrent_gradients_agree():
+    torch.manual_seed(6)
+    module = randomise(DendriticDynamics(3, 4, bidirectional=True, order='column')).double()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    weight = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    grads = {}
+    for mode in ('fft', 'recurrent'):
+        module.mode = mode
+        module.zero_grad()
+        (module(x) * weight).sum().backward()
+        grads[mode] = [p.grad.clone() for p in module.parameters()]
+    for g_fft, g_rec in zip(grads['fft'], grads['recurrent']):
+        torch.testing.assert_close(g_fft, g_rec, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize('order', ORDERS)
+def test_streaming_step_equals_forward(order):
+    torch.manual_seed(7)
+    module = randomise(DendriticDynamics(3, 4, order=order), seed=8).double()
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    expect = module(x).flatten(2)
+    state = module.init_state(2)
+    assert state.shape == (2, 3, 4)
+    with torch.no_grad():
+        for pos in token_order(3, 4, order):
+            y_n, state = module.step(x.flatten(2)[..., pos], state)
+            torch.testing.assert_close(y_n, expect[..., pos])
+    with pytest.raises(RuntimeError, match='bidirectional'):
+        DendriticDynamics(3, bidirectional=True).step(torch.zeros(1, 3), state)
+
+
+def test_build_from_registry():
+    module = MODELS.build(dict(type='DendriticDynamics', channels=4, num_dendrites=3,
+                               mode='recurrent', order='snake'))
+    assert isinstance(module, DendriticDynamics)
+    assert module(torch.randn(1, 4, 2, 3)).shape == (1, 4, 2, 3)
+
+
+@pytest.mark.parametrize('kwargs,name', [
+    (dict(channels=0), 'channels'),
+    (dict(channels=4, num_dendrites=0), 'num_dendrites'),
+    (dict(channels=4, mode='conv'), 'mode'),
+    (dict(channels=4, order='diagonal'), 'order'),
+    (dict(channels=4, dt_min=0.0), 'dt_min'),
+    (dict(channels=4, dt_min=0.2, dt_max=0.1), 'dt_min'),
+    (dict(channels=4, chunk_size=0), 'chunk_size'),
+])
+def test_invalid_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        DendriticDynamics(**kwargs)
+
+
+def test_mode_setter_validates():
+    module = DendriticDynamics(2)
+    module.mode = 'scan'
+    with pytest.raises(ValueError, match="mode must be one of .*'fft'"):
+        module.mode = 'naive'
+
+
+def test_softplus_floor_keeps_leak_positive():
+    """The leak floor is what keeps |ā| < 1 when leak_raw → −∞ and couplings vanish."""
+    module = DendriticDynamics(1, 2).double()
+    with torch.no_grad():
+        module.leak_raw.fill_(-1e4)
+        module.coupling.zero_()
+        module.dt_raw.fill_(-1e4)
+    lam = torch.linalg.eigvalsh(module.state_matrix())
+    torch.testing.assert_close(lam, torch.full_like(lam, -LEAK_MIN))
+    a_bar = module.discrete_state_matrix()
+    expect = math.exp(-LEAK_MIN * module.dt_min)
+    torch.testing.assert_close(torch.linalg.eigvalsh(a_bar), torch.full((1, 2), expect,
+                                                                         dtype=torch.float64))
+    assert expect < 1 and F.softplus(torch.tensor(-1e4)).item() == 0
+
+
+def test_modal_cache_only_without_grad_and_invalidated_by_updates():
+    module = DendriticDynamics(3, 4)
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        first = module.modal_parameters()
+        assert module.modal_parameters() is first
+        y_before = module(x)
+        module.coupling.add_(1.0)
+        assert module.modal_parameters() is not first
+        y_after = module(x)
+    assert (y_after - y_before).abs().max() > 1e-4
+    fresh = DendriticDynamics(3, 4)
+    fresh.load_state_dict(module.state_dict())
+    torch.testing.assert_close(fresh(x), y_after)
+    assert module.modal_parameters()[0].requires_grad
+    module.double()
+    with torch.no_grad():
+        assert module(x.double()).dtype == torch.float64

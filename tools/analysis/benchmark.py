@@ -1,0 +1,84 @@
+"""Memory / speed benchmark of token mixers and whole segmentors (see docs/benchmarks.md).
+
+Examples::
+
+    # the issue-4 acceptance run: prints LRF-Dyn / official peak-memory ratios
+    python tools/analysis/benchmark.py --preset issue4 --out work_dirs/bench/issue4
+    # operator sweep
+    python tools/analysis/benchmark.py --variants official ssa_kv lrf_ssa lrf_dyn:fft \
+        --tokens 1024 4096 --channels 360 --heads 8 --batch 1 8 --modes infer train
+    # whole models from a config
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 512x512 1024x2048 --batch 1
+"""
+import argparse
+import sys
+
+import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
+import torch
+from mmengine.config import DictAction
+
+from mmlrf.analysis import benchmark as bm
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--preset', choices=bm.PRESETS, help='a fixed set of cases (see docs)')
+    p.add_argument('--config', help='segmentor config: measure whole models instead of operators')
+    p.add_argument('--model-config', default=bm.MODEL_19M_CONFIG,
+                   help='19M segmentor config used by the presets')
+    p.add_argument('--variants', nargs='+', default=['official', 'ssa_kv', 'lrf_ssa', 'lrf_dyn'],
+                   help=f'attention variants: {sorted(bm.VARIANTS)}; lrf_dyn:<mode> picks a '
+                        'dynamics path')
+    p.add_argument('--tokens', nargs='+', type=int, default=[1024], help='operator token counts N')
+    p.add_argument('--channels', type=int, default=360)
+    p.add_argument('--heads', type=int, default=8)
+    p.add_argument('--v-ratio', type=int, default=4)
+    p.add_argument('--T', nargs='+', type=int, default=[1], dest='ts')
+    p.add_argument('--batch', nargs='+', type=int, default=[1])
+    p.add_argument('--resolution', nargs='+', default=['512x512'], help='HxW for --config')
+    p.add_argument('--modes', nargs='+', choices=bm.MODES, default=['infer'])
+    p.add_argument('--dtypes', nargs='+', choices=bm.DTYPES, default=['float32'])
+    p.add_argument('--attn-key', default='model.backbone.attn',
+                   help='config key of the attention dict a variant replaces')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='config overrides')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--budget-mib', type=float, default=None,
+                   help='skip cases whose N×N maps alone exceed this (default: 16000 on CPU)')
+    p.add_argument('--timeout', type=float, default=None, help='per-case timeout (CPU), s')
+    p.add_argument('--smoke', action='store_true',
+                   help='shrink the cases to a quick dry run (toy model, tiny operators)')
+    p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
+    p.add_argument('--out', default='work_dirs/benchmark/benchmark',
+                   help='output prefix: writes <out>.json and <out>.png')
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    highlights = None
+    if args.preset:
+        cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
+    elif args.config:
+        res = [tuple(int(s) for s in r.lower().split('x')) for r in args.resolution]
+        cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
+                               args.dtypes, args.cfg_options, args.attn_key)
+    else:
+        cases = bm.operator_cases(args.variants, args.tokens, args.channels, args.heads,
+                                  args.v_ratio, args.batch, args.ts, args.modes, args.dtypes)
+    if args.smoke:
+        cases = bm.smoke_cases(cases)
+    budget = args.budget_mib
+    if budget is None and args.device == 'cpu':
+        budget = 16000.0
+    bm.run_benchmark(cases, args.device, args.out, ' '.join(['benchmark.py'] + sys.argv[1:]),
+                     highlights, args.warmup, args.repeats, budget, args.timeout)
+    print(f'wrote {args.out}.json and {args.out}.png')
+
+
+if __name__ == '__main__':
+    main()

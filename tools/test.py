@@ -1,0 +1,67 @@
+"""Test (and evaluate) a segmentor checkpoint (mmseg ``tools/test.py`` CLI).
+
+Usage::
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+
+import mmlrf  # noqa: E402,F401  (must precede mmseg)
+from mmengine.config import Config, DictAction  # noqa: E402
+from train import build_runner, load_config  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Test a segmentor (mmlrf)')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='directory for the metric json and logs')
+    parser.add_argument('--out', help='directory to save predictions for offline evaluation')
+    parser.add_argument('--show-dir', help='directory (inside the run dir) to save painted '
+                        'predictions')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries (KEY=VALUE)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def enable_show_dir(cfg: Config, show_dir: str) -> None:
+    """Make the ``SegVisualizationHook`` draw test predictions into ``show_dir``."""
+    if 'visualization' not in cfg.default_hooks:
+        raise ValueError("--show-dir needs default_hooks.visualization "
+                         "(dict(type='SegVisualizationHook'))")
+    cfg.default_hooks.visualization.draw = True
+    cfg.visualizer.save_dir = show_dir
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if not osp.isfile(args.checkpoint):
+        raise FileNotFoundError(f'checkpoint file not found: {args.checkpoint!r}')
+    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        enable_show_dir(cfg, args.show_dir)
+    if args.out:
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    return build_runner(cfg).test()
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except FileNotFoundError as err:
+        sys.exit(f'error: {err}')

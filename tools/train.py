@@ -1,0 +1,92 @@
+"""Train a segmentor with mmseg's workflow and mmlrf's components (mmseg ``tools/train.py`` CLI).
+
+Usage::
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+import mmlrf  # noqa: F401  (must precede mmseg: compat fixes + registration)
+from mmengine.config import Config, DictAction
+from mmengine.runner import Runner
+from mmseg.registry import RUNNERS
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description='Train a segmentor (mmlrf)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints '
+                        '(default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', action='store_true',
+                        help='resume from the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (AmpOptimWrapper)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config entries, e.g. train_cfg.max_iters=100 '
+                        'or model.backbone.embed_dims="[32,64,128,256]"')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def load_config(config: str, work_dir: str | None, cfg_options: dict | None,
+                launcher: str) -> Config:
+    """Load ``config``, apply ``--cfg-options`` and resolve the work dir (CLI > file > name).
+
+    Raises:
+        FileNotFoundError: if ``config`` does not exist.
+    """
+    if not osp.isfile(config):
+        raise FileNotFoundError(f'config file not found: {config!r}')
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
+def enable_amp(cfg: Config) -> None:
+    """Switch the optimiser wrapper to ``AmpOptimWrapper`` (dynamic loss scale)."""
+    wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+    if wrapper == 'AmpOptimWrapper':
+        return
+    if wrapper != 'OptimWrapper':
+        raise ValueError(f"--amp needs optim_wrapper.type 'OptimWrapper', got {wrapper!r}")
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.loss_scale = 'dynamic'
+
+
+def build_runner(cfg: Config) -> Runner:
+    """Build the default Runner, or ``cfg.runner_type`` from mmseg's ``RUNNERS``."""
+    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+
+
+def main(argv: list[str] | None = None) -> Runner:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
+    if args.amp:
+        enable_amp(cfg)
+    cfg.resume = args.resume
+    runner = build_runner(cfg)
+    runner.train()
+    return runner
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except FileNotFoundError as err:
+        sys.exit(f'error: {err}')
