@@ -106,23 +106,26 @@ def test_bfloat16_input_cpu(mode):
 
 def test_triton_kernels_in_interpreter():
     """The Triton kernels' maths on CPU via TRITON_INTERPRET=1 (only where triton is installed
-    without a GPU; with CUDA the compiled kernels are tested directly below)."""
+    without a GPU; with CUDA the compiled kernels are tested directly below). The interpreter
+    runs 256-token groups (16 chunks of 16), so N = 300 and 420 carry the state across groups,
+    forwards and (k = 5, padded modes) backwards."""
     pytest.importorskip('triton')
     if torch.cuda.is_available():
         pytest.skip('CUDA present: the compiled kernels are tested instead of the interpreter')
     script = textwrap.dedent('''
         import torch, mmlrf
         from mmlrf.attention.dynamics import fft_conv
-        from mmlrf.attention.dynamics_triton import _TritonDynamics
+        from mmlrf.attention.dynamics_triton import _TritonDynamics, kernel_head
         torch.manual_seed(0)
         worst = 0.0
-        for bsz, ch, n, k, reverse in [(2, 3, 300, 8, False), (1, 5, 77, 5, True)]:
+        for bsz, ch, n, k, reverse in [(2, 3, 300, 8, False), (1, 5, 420, 5, True)]:
             u = torch.randn(bsz, ch, n, requires_grad=True)
             log_a = (-torch.rand(ch, k) * 0.3).requires_grad_()
             w = torch.randn(ch, k, requires_grad=True)
             d = torch.randn(ch, requires_grad=True)
             g = torch.randn(bsz, ch, n)
-            y = _TritonDynamics.apply(u, log_a, w, d, reverse)
+            kern = kernel_head(log_a.detach(), w.detach())
+            y = _TritonDynamics.apply(u, log_a, w, d, kern, reverse)
             got = [y] + list(torch.autograd.grad((y * g).sum(), (u, log_a, w, d)))
             ref_in = [t.detach().double().requires_grad_() for t in (u, log_a, w, d)]
             seq = ref_in[0].flip(-1) if reverse else ref_in[0]
@@ -173,6 +176,45 @@ def test_triton_bfloat16(bidirectional):
     assert rel_err(y, y_ref) < 1e-2
     for got, ref in zip(g, g_ref):
         assert torch.isfinite(got).all() and rel_err(got, ref) < 3e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_triton_every_forward_config(reverse, dtype):
+    """Each autotune candidate compiles and is exact, incl. the carry across token groups
+    (N = 8191 > every group of BLOCK_M·CHUNK tokens; odd, so the last group is partial)."""
+    from mmlrf.attention.dynamics_triton import kernel_head, launch_forward
+    from mmlrf.attention.scan_triton import FORWARD_CONFIGS
+    torch.manual_seed(4)
+    ch, k = 6, 8
+    u = torch.randn(2, ch, 8191, device='cuda').to(dtype)
+    log_a = -torch.rand(ch, k, device='cuda', dtype=torch.float64) * torch.logspace(
+        -4, 1, k, device='cuda', dtype=torch.float64)
+    w = torch.randn(ch, k, device='cuda', dtype=torch.float64)
+    d = torch.randn(ch, device='cuda', dtype=torch.float64)
+    seq = u.double().flip(-1) if reverse else u.double()
+    ref = fft_conv(seq, log_a, w, d)
+    ref = ref.flip(-1) if reverse else ref
+    kern = kernel_head(log_a, w)
+    for config in FORWARD_CONFIGS:
+        y = torch.full_like(u, float('nan'))
+        launch_forward(u, y, log_a.float(), w.float(), d.float(), kern, reverse, config)
+        assert rel_err(y, ref) < (1e-5 if dtype == torch.float32 else 1e-2), config
+
+
+@needs_cuda
+def test_triton_inference_caches_kernel_parameters():
+    module = make(channels=4, k=8, mode='triton', bidirectional=True).cuda()
+    x = torch.randn(1, 4, 8, 8, device='cuda')
+    with torch.no_grad():
+        module(x)
+        first = module._cache['triton'][1]
+        module(x)
+        assert module._cache['triton'][1] is first
+        module.d.add_(1.0)
+        module(x)
+        assert module._cache['triton'][1] is not first
 
 
 @needs_cuda

@@ -221,7 +221,7 @@ class DendriticDynamics(BaseModule):
         self.b = nn.Parameter(torch.ones(ndir, channels, k))
         self.c = nn.Parameter(torch.randn(ndir, channels, k) / math.sqrt(k))
         self.d = nn.Parameter(torch.ones(channels))
-        self._modal_cache: tuple | None = None
+        self._cache: dict[str, tuple] = {}
 
     @property
     def mode(self) -> str:
@@ -249,29 +249,55 @@ class DendriticDynamics(BaseModule):
         return (torch.diag_embed(diag) + torch.diag_embed(gamma, 1)
                 + torch.diag_embed(gamma, -1))
 
+    def _cached(self, name: str, compute):
+        """``compute()``, memoised while autograd is disabled until a parameter changes (new
+        storage, dtype or an in-place update, tracked by the tensors' version counters)."""
+        if torch.is_grad_enabled():
+            self._cache.pop(name, None)
+            return compute()
+        key = tuple((p.data_ptr(), p.dtype, p._version) for p in self.parameters())
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = compute()
+        self._cache[name] = (key, value)
+        return value
+
     def modal_parameters(self) -> tuple[Tensor, Tensor, Tensor]:
         """Diagonalised, discretised system (float64).
 
-        With autograd disabled the result is cached until a parameter changes (new storage or
-        an in-place update, tracked by the tensors' version counters), so inference and
+        With autograd disabled the result is cached until a parameter changes, so inference and
         :meth:`step` do not re-diagonalise M for every call.
 
         Returns:
             tuple[Tensor, Tensor, Tensor]: ``log ā = λΔ``, ``b̄``, ``c̃``, each ``[D, C, k]``.
         """
-        params = (self.leak_raw, self.coupling, self.dt_raw, self.b, self.c)
-        key = tuple((p.data_ptr(), p.dtype, p._version) for p in params)
-        cacheable = not torch.is_grad_enabled()
-        if cacheable and self._modal_cache is not None and self._modal_cache[0] == key:
-            return self._modal_cache[1]
+        return self._cached('modal', self._diagonalise)
+
+    def _diagonalise(self) -> tuple[Tensor, Tensor, Tensor]:
         lam, vec = torch.linalg.eigh(self.state_matrix())
         lam = lam.clamp(max=-LEAK_MIN)
         lam_dt = lam * self.step_size().double()[..., None]
         b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
         c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
-        modal = (lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode)
-        self._modal_cache = (key, modal) if cacheable else None
-        return modal
+        return lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode
+
+    def _direction_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """``(log ā, b̄, c̃, d)`` per direction, each ``[C, k]`` / ``[C]`` (float64 modal
+        parameters; the anti-causal direction has no skip)."""
+        log_a, b, c = self.modal_parameters()
+        skips = (self.d, torch.zeros_like(self.d))
+        return [(log_a[i], b[i], c[i], skips[i]) for i in range(log_a.shape[0])]
+
+    def _triton_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """fp32 ``(log ā, w, d, kernel head)`` per direction for the Triton kernels."""
+        from .dynamics_triton import kernel_head
+        out = []
+        for log_a, b, c, d in self._direction_parameters():
+            w = b * c
+            out.append((log_a.float(), w.float(), d.float(),
+                        kernel_head(log_a.detach(), w.detach())))
+        return out
 
     def discrete_state_matrix(self, direction: int = 0) -> Tensor:
         """``Ā = exp(M Δ)`` of one direction, ``[C, k, k]`` (float64).
@@ -333,14 +359,15 @@ class DendriticDynamics(BaseModule):
                 return 'triton'
         return 'scan'
 
-    def _sequence(self, u: Tensor, log_a: Tensor, b: Tensor, c: Tensor, d: Tensor,
-                  mode: str, reverse: bool) -> Tensor:
-        """One direction on ``[B, C, N]``; ``reverse`` runs it anti-causally."""
+    def _sequence(self, u: Tensor, direction: int, mode: str) -> Tensor:
+        """One direction on ``[B, C, N]`` (direction 1 runs anti-causally)."""
+        reverse = direction == 1
         if mode == 'triton':
             from .dynamics_triton import triton_scan
-            return triton_scan(u, log_a.float(), (b * c).float(), d.float(), reverse=reverse)
+            log_a, w, d, kern = self._cached('triton', self._triton_parameters)[direction]
+            return triton_scan(u, log_a, w, d, reverse=reverse, kern=kern)
         dtype = torch.promote_types(u.dtype, torch.float32)
-        log_a, b, c, d = (p.to(dtype) for p in (log_a, b, c, d))
+        log_a, b, c, d = (p.to(dtype) for p in self._direction_parameters()[direction])
         seq = u.to(dtype).flip(-1) if reverse else u.to(dtype)
         if mode == 'fft':
             y = fft_conv(seq, log_a, b * c, d)
@@ -354,6 +381,10 @@ class DendriticDynamics(BaseModule):
 
     def forward(self, x: Tensor) -> Tensor:
         """Run the dynamics over the tokens of ``x`` in :attr:`order`.
+
+        In ``'raster'`` order the tokens are a free view of ``x``; the other orders gather them
+        (one input-sized copy) and scatter the result back. A bidirectional module adds the
+        anti-causal scan in place.
 
         Args:
             x (Tensor): ``[B, C, H, W]``.
@@ -369,11 +400,9 @@ class DendriticDynamics(BaseModule):
         u = x.flatten(2)
         if perm is not None:
             u = u.index_select(-1, perm)
-        log_a, b, c = self.modal_parameters()
-        y = self._sequence(u, log_a[0], b[0], c[0], self.d, mode, reverse=False)
+        y = self._sequence(u, 0, mode)
         if self.bidirectional:
-            zero = torch.zeros_like(self.d)
-            y = y + self._sequence(u, log_a[1], b[1], c[1], zero, mode, reverse=True)
+            y = y.add_(self._sequence(u, 1, mode))
         if perm is not None:
             y = torch.empty_like(y).index_copy_(-1, perm, y)
         return y.reshape(bsz, ch, height, width)
