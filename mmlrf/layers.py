@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .neurons.fused import spike_conv2d
+
 
 def seq_apply(module: nn.Module, x: Tensor) -> Tensor:
     """Apply a frame-wise module to ``[T, B, ...]`` by folding T into the batch."""
@@ -15,8 +17,16 @@ def seq_apply(module: nn.Module, x: Tensor) -> Tensor:
     return y.reshape(t, b, *y.shape[1:])
 
 
+def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor) -> Tensor:
+    """``bn(conv(x))`` on ``[T, B, C, H, W]`` (frame-wise); the conv saves the 1-byte spike
+    code instead of ``x`` when ``x`` is a multi-spike output (:func:`spike_conv2d`)."""
+    return seq_apply(lambda z: bn(spike_conv2d(conv, z)), x)
+
+
 class ConvBN(nn.Sequential):
     """``Conv2d`` (index 0) → ``BatchNorm2d`` (index 1) on ``[T, B, C, H, W]``.
+
+    A multi-spike input is saved for backward as its 1-byte code (see :func:`conv_bn`).
 
     Args:
         in_channels (int): input channels.
@@ -41,7 +51,7 @@ class ConvBN(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C_in, H, W]`` → ``[T, B, C_out, H', W']``."""
-        return seq_apply(super().forward, x)
+        return conv_bn(self[0], self[1], x)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

@@ -9,6 +9,9 @@ Case fields (all kinds): ``kind`` ('operator' | 'model' | 'floor'), ``variant`` 
 ('infer' | 'train'), ``batch``, ``dtype`` ('float32' | 'bfloat16' | 'float16').
 Operator / floor cases: ``n_tokens``, ``hw`` ([H, W], H·W = n_tokens), ``channels`` (C of Q/K),
 ``heads``, ``v_ratio`` (V has v_ratio·C channels), ``T``.
+Dynamics cases (the dendritic operator alone, ``variant`` ``'dynamics:<mode>'``, inference):
+``channels`` (its C), ``hw``, ``n_tokens``, ``batch``; reported with ``output_mib`` and
+``extra_over_output`` (peak minus the output tensor, over the output tensor).
 Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict), ``attn_key``
 (dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``).
 """
@@ -37,7 +40,7 @@ VARIANTS: dict[str, dict] = {
     'lrf_ssa_kv': dict(type='LRFSSA', order='kv'),
     'lrf_dyn': dict(type='LRFDyn'),
 }
-KINDS = ('operator', 'model', 'floor')
+KINDS = ('operator', 'model', 'floor', 'dynamics')
 MODES = ('infer', 'train')
 DTYPES = ('float32', 'bfloat16', 'float16')
 REFERENCE = 'official'
@@ -225,6 +228,30 @@ def _operator_work(case: dict, device: torch.device) -> tuple[Callable[[], Any],
     return step, info
 
 
+def _dynamics_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
+    from ..attention.dynamics import DendriticDynamics
+    dtype = _dtype(case['dtype'])
+    _, _, mode = case['variant'].partition(':')
+    h, w = case['hw']
+    shape = (case['batch'], case['channels'], h, w)
+    op = DendriticDynamics(case['channels'], mode=mode).to(device).eval()
+    u = spike_tensor(shape, dtype, device, torch.Generator().manual_seed(0))
+
+    def infer() -> Tensor:
+        with torch.no_grad():
+            return op(u)
+    return infer, dict(inputs_mib=_tensor_mib(u.numel(), dtype), weights_mib=_param_mib(op),
+                       output_mib=_tensor_mib(u.numel(), dtype))
+
+
+def dynamics_cases(modes: list[str], n_tokens: int = 8192, channels: int = 1440,
+                   batch: int = 8, dtype: str = 'float32') -> list[dict]:
+    """The dendritic operator alone (``[B, channels, H, W]``, H·W = ``n_tokens``), per mode."""
+    return [dict(kind='dynamics', variant=f'dynamics:{m}', mode='infer', dtype=dtype,
+                 n_tokens=n_tokens, hw=list(grid_hw(n_tokens)), channels=channels, heads=1,
+                 v_ratio=1, batch=batch, T=1) for m in modes]
+
+
 def _load_model_cfg(case: dict):
     from mmengine.config import Config
     cfg = Config.fromfile(case['config'])
@@ -318,7 +345,8 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
         raise ValueError(f"case mode must be one of {MODES}, got {case.get('mode')!r}")
     result = dict(case)
     try:
-        work = _model_work if case['kind'] == 'model' else _operator_work
+        work = {'model': _model_work, 'dynamics': _dynamics_work}.get(case['kind'],
+                                                                       _operator_work)
         fn, info = work(case, device)
         # the builders ran the work once already (hooks / meters): that is the first warm-up
         result.update(info)
@@ -332,6 +360,9 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
         result['images_per_s'] = case['batch'] / (result['time_ms'] / 1e3)
     if 'output_mib' in result and result['output_mib']:
         result['peak_over_output'] = result['peak_mib'] / result['output_mib']
+        if case['kind'] == 'dynamics':
+            result['extra_over_output'] = ((result['peak_mib'] - result['output_mib'])
+                                           / result['output_mib'])
     return result
 
 
@@ -474,7 +505,9 @@ def format_row(r: dict) -> str:
         return f'{name}  ERROR {r["error"]}'
     t = f"{r['time_ms']:.3f} ms" if r.get('time_ms') else '-'
     ips = f"{r['images_per_s']:.2f} img/s" if r.get('images_per_s') else ''
-    return f"{name}  peak {r['peak_mib']:.1f} MiB  {t}  {ips}"
+    extra = (f"  extra/output {r['extra_over_output']:.2f}x" if 'extra_over_output' in r
+             else '')
+    return f"{name}  peak {r['peak_mib']:.1f} MiB  {t}  {ips}{extra}"
 
 
 def format_ratio(r: dict) -> str:
@@ -561,7 +594,9 @@ def estimate_mib(case: dict) -> float:
     Used only to skip cases that cannot fit the memory budget (``run_cases``'s caller marks
     them 'skipped'); SDT-V3 attention runs at stride 16 with 8 heads.
     """
-    cfg, _ = parse_variant(case['variant']) if case['kind'] != 'floor' else ({}, None)
+    if case['kind'] in ('floor', 'dynamics'):
+        return 0.0
+    cfg, _ = parse_variant(case['variant'])
     if cfg.get('order') != 'qk':
         return 0.0
     size = _dtype(case['dtype'])
@@ -587,7 +622,10 @@ def preset_cases(name: str, device: str = 'cpu', model_config: str = MODEL_19M_C
     * ``issue5``: operator N = 8192 (64×128), batch 8, C = 360, 8 heads, V = 4C, fp32
       inference: official, KV-first, LRF-Dyn in every dynamics mode, floor; operator N = 4096
       batch 1 (the CPU target); whole model 1×1024×2048 inference and a training step at
-      8×512×512 (on CPU batch ``cpu_train_batch``), official vs LRF-Dyn.
+      8×512×512 (on CPU batch ``cpu_train_batch``), official vs LRF-Dyn; the dendritic
+      operator alone on ``[8, 1440, 64, 128]`` in every mode (kind 'dynamics', reported with
+      ``extra_over_output``: the issue's "extra memory ≤ 2× the output tensor" target). TF32
+      stays off unless ``--tf32`` (run once with and once without to compare).
 
     Returns:
         (cases, highlights): each highlight is ``dict(label, variant, group_contains)``.
@@ -618,6 +656,7 @@ def preset_cases(name: str, device: str = 'cpu', model_config: str = MODEL_19M_C
     cases = operator_cases(['official', 'ssa_kv'] + [f'lrf_dyn:{m}' for m in modes], [8192],
                            batches=[8], **op)
     cases += operator_cases(['official', 'lrf_dyn'], [4096], floor=False, **op)
+    cases += dynamics_cases(modes)
     cases += model_cases(model_config, ['official', 'lrf_dyn'], [(1024, 2048)])
     train_batch = 8 if device.startswith('cuda') else cpu_train_batch
     cases += model_cases(model_config, ['official', 'lrf_dyn'], [(512, 512)],
@@ -649,7 +688,8 @@ def smoke_cases(cases: list[dict], toy_config: str = TOY_CONFIG) -> list[dict]:
                                  max(64, c['resolution'][1] // 16)])
         else:
             n = max(c['n_tokens'] // 16, 16)
-            c.update(n_tokens=n, hw=list(grid_hw(n)), channels=32, heads=4)
+            c.update(n_tokens=n, hw=list(grid_hw(n)), channels=32,
+                     heads=1 if c['kind'] == 'dynamics' else 4)
         out.append(c)
     return out
 

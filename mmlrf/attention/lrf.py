@@ -61,7 +61,8 @@ class LRFBranch(BaseModule):
             raise ValueError(f'LRFBranch expects [T, B, C, H, W], got {tuple(x.shape)}')
         out = seq_apply(self.branches[0], x)
         for branch in self.branches[1:]:
-            out = out + seq_apply(branch, x)
+            # in place: `out` is a conv/BN output nothing saved for backward
+            out += seq_apply(branch, x)
         return out
 
     def extra_repr(self) -> str:

@@ -48,13 +48,16 @@ class LRFDyn(TokenMixer):
     dynamics' channels, so they need ``v_channels == qk_channels`` (block ``v_ratio=1``).
 
     Streaming: the dynamics' evaluation path is ``mode`` ('fft' parallel, 'recurrent' token by
-    token, 'scan', 'triton', 'auto'; see :class:`DendriticDynamics`); switch it later with
-    :meth:`set_dynamics_mode` or, for a whole model, :func:`set_dynamics_mode`.
+    token, 'scan', 'stream', 'triton', 'auto'; see :class:`DendriticDynamics`); switch it later
+    with :meth:`set_dynamics_mode` or, for a whole model, :func:`set_dynamics_mode` (in a
+    config: ``model.backbone.attn.mode='stream'`` or the backbone's ``dynamics_mode``). The
+    default 'auto' is the fused Triton kernel on CUDA and the chunked scan elsewhere: neither
+    materialises the ``[C, k, N]`` kernel of 'fft'.
 
     Args:
         token (str): token input, one of 'v', 'k*v', 'x'.
         num_dendrites (int): compartments k per channel (default 8).
-        mode (str): dynamics evaluation path.
+        mode (str): dynamics evaluation path (default 'auto').
         bidirectional (bool): add an anti-causal scan.
         order (str): token scan order: 'raster', 'snake' or 'column'.
         dilations (Sequence[int]): dilation set of the LRF branch, default (3, 5).
@@ -71,7 +74,7 @@ class LRFDyn(TokenMixer):
     def __init__(self,
                  token: str = 'v',
                  num_dendrites: int = 8,
-                 mode: str = 'fft',
+                 mode: str = 'auto',
                  bidirectional: bool = False,
                  order: str = 'raster',
                  dilations: Sequence[int] = (3, 5),
@@ -106,8 +109,10 @@ class LRFDyn(TokenMixer):
         if self.token == 'k*v':
             u = k * v
         y = seq_apply(self.dynamics, u)
-        y = y + self.lrf(y)
-        return q * y if self.query_gate else y
+        local = self.lrf(y)
+        local += y  # = y + lrf(y); `local` is a fresh sum nothing saved
+        del y
+        return q * local if self.query_gate else local
 
     def extra_repr(self) -> str:
         return f'token={self.token!r}, query_gate={self.query_gate}'

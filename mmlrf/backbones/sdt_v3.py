@@ -11,6 +11,7 @@ import copy
 from typing import Sequence
 
 import torch
+import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 from mmseg.registry import MODELS
@@ -18,8 +19,11 @@ from torch import Tensor, nn
 
 from ..interop import StrictPretrainedMixin
 from ..attention import SpikingAttention
-from ..layers import ConvBN, seq_apply
+from ..attention.dynamics import DYNAMICS_MODES
+from ..attention.lrf_dyn import set_dynamics_mode
+from ..layers import ConvBN, conv_bn
 from ..neurons import build_neuron
+from ..neurons.multispike import spike_code_sharing
 
 #: Widths ``[C0, C1, C2, C3]`` of the official sizes (see :class:`SDTV3` for the sources).
 SDTV3_ARCHS: dict[str, list[int]] = {
@@ -98,8 +102,8 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` → ``[T, B, C, H, W]``."""
         x = x + self.Conv(x)
-        y = seq_apply(lambda z: self.bn1(self.conv1(z)), self.spike1(x))
-        y = seq_apply(lambda z: self.bn2(self.conv2(z)), self.spike2(y))
+        y = conv_bn(self.conv1, self.bn1, self.spike1(x))
+        y = conv_bn(self.conv2, self.bn2, self.spike2(y))
         return x + y
 
 
@@ -125,8 +129,8 @@ class SpikingMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` → ``[T, B, C, H, W]``."""
-        x = seq_apply(lambda z: self.fc1_bn(self.fc1_conv(z)), self.fc1_spike(x))
-        return seq_apply(lambda z: self.fc2_bn(self.fc2_conv(z)), self.fc2_spike(x))
+        x = conv_bn(self.fc1_conv, self.fc1_bn, self.fc1_spike(x))
+        return conv_bn(self.fc2_conv, self.fc2_bn, self.fc2_spike(x))
 
 
 class TransformerBlock(nn.Module):
@@ -191,7 +195,7 @@ class Downsample(nn.Module):
         """``[T, B, C_in, H, W]`` → ``[T, B, C_out, ceil(H/s), ceil(W/s)]``."""
         if self.encode_spike is not None:
             x = self.encode_spike(x)
-        return seq_apply(lambda z: self.encode_bn(self.encode_conv(z)), x)
+        return conv_bn(self.encode_conv, self.encode_bn, x)
 
 
 @MODELS.register_module()
@@ -246,6 +250,16 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         layer_scale_init (float): initial layer-scale value (official: 1e-6).
         drop_path_rate (float): largest stochastic-depth rate, increasing linearly over the 8
             transformer blocks (the official code builds but never applies drop path: 0).
+        with_cp (bool): activation checkpointing (``torch.utils.checkpoint``, non-reentrant)
+            of every conv and transformer block while training: only block inputs are kept for
+            backward and each block's forward runs again during backward (about a third more
+            time for much less memory). Gradients are unchanged; BN running statistics are
+            updated twice per step (as with mmseg's ``with_cp``). Default off.
+        dynamics_mode (str | None): evaluation path of every ``DendriticDynamics`` of the
+            attention (LRF-Dyn), one of ``DYNAMICS_MODES``; e.g. ``'stream'`` for streaming
+            inference with O(C·k) dynamics state, equal outputs. None keeps the mixer's own
+            ``mode`` (also settable as ``attn=dict(type='LRFDyn', mode=...)`` or later with
+            :func:`mmlrf.attention.set_dynamics_mode`).
         init_cfg (dict | list[dict] | None): mmengine init config, e.g. ``Pretrained``.
 
     Shapes: input ``[B, in_channels, H, W]``; output a tuple of ``[B, C_i, ceil(H/s_i),
@@ -266,6 +280,8 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  layer_scale_init: float = 1e-6,
                  drop_path_rate: float = 0.0,
+                 with_cp: bool = False,
+                 dynamics_mode: str | None = None,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(init_cfg)
         dims = self._resolve_dims(arch, embed_dims)
@@ -283,6 +299,10 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
         if not isinstance(attn, dict) or 'type' not in attn:
             raise ValueError(f"attn must be a token mixer config dict with a 'type', got {attn!r}")
+        if dynamics_mode is not None and dynamics_mode not in DYNAMICS_MODES:
+            raise ValueError(f'dynamics_mode must be None or one of {DYNAMICS_MODES}, '
+                             f'got {dynamics_mode!r}')
+        self.with_cp = bool(with_cp)
         neuron = copy.deepcopy(neuron)
         self.embed_dims = dims
         self.out_indices = out_indices
@@ -307,6 +327,9 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         self.block4 = nn.ModuleList([
             TransformerBlock(c3, num_heads, ratio, attn, neuron, layer_scale_init, rates[n3 + j])
             for j in range(n4)])
+        if dynamics_mode is not None and not set_dynamics_mode(self, dynamics_mode):
+            raise ValueError(f'dynamics_mode={dynamics_mode!r} needs an attention with '
+                             f'dendritic dynamics (e.g. LRFDyn), got attn={attn!r}')
 
     @staticmethod
     def _resolve_dims(arch: str | None, embed_dims: Sequence[int] | None) -> list[int]:
@@ -328,20 +351,34 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
             raise ValueError(f'SDTV3 expects images [B, C, H, W], got {tuple(x.shape)}')
         x = x.unsqueeze(0)  # [T=1, B, C, H, W]
         feats = []
-        x = self.ConvBlock1_1[0](self.downsample1_1(x))
+        x = self._block(self.ConvBlock1_1[0], self.downsample1_1(x))
         feats.append(x)
-        x = self.ConvBlock1_2[0](self.downsample1_2(x))
+        x = self._block(self.ConvBlock1_2[0], self.downsample1_2(x))
         feats.append(x)
-        x = self.ConvBlock2_2[0](self.ConvBlock2_1[0](self.downsample2(x)))
+        x = self._block(self.ConvBlock2_1[0], self.downsample2(x))
+        x = self._block(self.ConvBlock2_2[0], x)
         feats.append(x)
         x = self.downsample3(x)
         for blk in self.block3:
-            x = blk(x)
+            x = self._block(blk, x)
         x = self.downsample4(x)
         for blk in self.block4:
-            x = blk(x)
+            x = self._block(blk, x)
         feats.append(x)
         return tuple(feats[i].mean(0) for i in self.out_indices)
+
+    def _block(self, block: nn.Module, x: Tensor) -> Tensor:
+        """``block(x)``, checkpointed when ``with_cp`` and autograd records the call."""
+        if not (self.with_cp and torch.is_grad_enabled() and x.requires_grad):
+            return block(x)
+        return cp.checkpoint(_run_without_code_sharing, block, x, use_reentrant=False)
+
+
+def _run_without_code_sharing(block: nn.Module, x: Tensor) -> Tensor:
+    """Run ``block`` with neuron → conv code sharing off (checkpointing recomputes the block:
+    a code kept by the graph for the convs would outlive the dropped activations)."""
+    with spike_code_sharing(False):
+        return block(x)
 
 # Also usable as an mmpretrain backbone (``mmpretrain.models`` itself is never imported).
 PRETRAIN_MODELS.register_module(module=SDTV3)

@@ -10,21 +10,23 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..neurons import build_neuron
+from ..neurons.fused import spike_conv2d
 from .spiking_fpn_neck import spike_map
 
 
 class SpikeConvBN(nn.Sequential):
     """``neuron`` (index 0) → 3×3 ``Conv2d`` without bias (1) → ``BatchNorm2d`` (2), on
-    ``[B, C, H, W]`` (the neuron sees the single step ``[1, B, C, H, W]``)."""
+    ``[B, C, H, W]`` (the neuron sees the single step ``[1, B, C, H, W]``; the conv saves its
+    1-byte spike code for backward, see :func:`~mmlrf.neurons.fused.spike_conv2d`)."""
 
     def __init__(self, channels: int, neuron: dict) -> None:
         super().__init__(build_neuron(neuron), nn.Conv2d(channels, channels, 3, padding=1,
                                                           bias=False),
                          nn.BatchNorm2d(channels))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, C, H, W]`` → ``[B, C, H, W]``."""
-        return self[2](self[1](spike_map(self[0], x)))
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """``[B, C, H, W]`` → ``[B, C, H, W]``; ``inplace``: see :func:`spike_map`."""
+        return self[2](spike_conv2d(self[1], spike_map(self[0], x, inplace)))
 
 
 class Upsample2x(nn.Module):
@@ -114,8 +116,24 @@ class SpikingFPNHead(BaseDecodeHead):
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         """Neck levels ``[B, channels, H_i, W_i]`` → logits ``[B, num_classes, H_0, W_0]``."""
         x = self._transform_inputs(inputs)
-        out = self.scale_heads[0](x[0])
+        out = self._scale_head(self.scale_heads[0], x[0])
         for level, head in zip(x[1:], self.scale_heads[1:]):
-            out = out + F.interpolate(head(level), size=out.shape[-2:], mode='bilinear',
-                                      align_corners=self.align_corners)
-        return self.cls_seg(spike_map(self.out_spike, out))
+            y = self._scale_head(head, level)
+            if y.shape[-2:] != out.shape[-2:]:
+                y = F.interpolate(y, size=out.shape[-2:], mode='bilinear',
+                                  align_corners=self.align_corners)
+            out += y  # `out` is a temporary nothing saved: sum in place
+            del y
+        spikes = spike_map(self.out_spike, out, inplace=True)
+        del out
+        if self.dropout is not None:
+            spikes = self.dropout(spikes)
+        return spike_conv2d(self.conv_seg, spikes)
+
+    @staticmethod
+    def _scale_head(head: nn.Sequential, x: Tensor) -> Tensor:
+        """Run one level's stages; every stage but the first spikes a temporary (in place at
+        inference)."""
+        for j, layer in enumerate(head):
+            x = layer(x, inplace=j > 0) if isinstance(layer, SpikeConvBN) else layer(x)
+        return x

@@ -9,6 +9,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..neurons import build_neuron
+from ..neurons.fused import spike_conv2d
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Sequential:
@@ -19,10 +20,22 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -
         nn.BatchNorm2d(out_channels))
 
 
-def spike_map(neuron: nn.Module, x: Tensor) -> Tensor:
+def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
     """Apply a neuron to a real-valued map ``[B, C, H, W]`` as the single step ``[1, B, C, H, W]``
-    of the multi-step layout; returns ``[B, C, H, W]``."""
-    return neuron(x.unsqueeze(0)).squeeze(0)
+    of the multi-step layout; returns ``[B, C, H, W]``.
+
+    ``inplace=True`` lets a :class:`~mmlrf.neurons.MultiSpike` overwrite ``x`` when autograd
+    does not record the call (inference); only for maps nothing else reads later.
+    """
+    x = x.unsqueeze(0)
+    return (neuron(x, inplace=True) if inplace else neuron(x)).squeeze(0)
+
+
+def spike_conv_bn(conv_bn: nn.Sequential, spikes: Tensor) -> Tensor:
+    """``conv_bn[1](conv_bn[0](spikes))`` on ``[B, C, H, W]``; the conv saves the 1-byte spike
+    code of a multi-spike input instead of the float spikes
+    (:func:`~mmlrf.neurons.fused.spike_conv2d`)."""
+    return conv_bn[1](spike_conv2d(conv_bn[0], spikes))
 
 
 @MODELS.register_module()
@@ -78,10 +91,17 @@ class SpikingFPN(BaseModule):
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'SpikingFPN expects {len(self.in_channels)} levels, '
                              f'got {len(inputs)}')
-        laterals = [conv(spike_map(spike, x)) for conv, spike, x in
+        laterals = [spike_conv_bn(conv, spike_map(spike, x)) for conv, spike, x in
                     zip(self.lateral_convs, self.lateral_convs_spikes, inputs)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(
-                laterals[i], size=laterals[i - 1].shape[-2:], mode='nearest')
-        return tuple(conv(spike_map(spike, x)) for conv, spike, x in
-                     zip(self.fpn_convs, self.fpn_convs_spikes, laterals))
+            # in place: a batch-norm output that nothing saved (same sum, no new map)
+            laterals[i - 1] += F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
+                                             mode='nearest')
+        outs = []
+        for i, (conv, spike) in enumerate(zip(self.fpn_convs, self.fpn_convs_spikes)):
+            # the laterals are temporaries: spike them in place at inference, free them early
+            spikes = spike_map(spike, laterals[i], inplace=True)
+            laterals[i] = None
+            outs.append(spike_conv_bn(conv, spikes))
+            del spikes
+        return tuple(outs)

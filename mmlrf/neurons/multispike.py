@@ -1,13 +1,74 @@
 """SDT-V3's stateless integer multi-spike neuron ("QTrick", T=1 × D)."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+#: Bit of a spike code that marks an input inside ``[0, D]`` (the STE passes its gradient).
+INSIDE_BIT = 128
+#: Largest ``max_value`` whose levels fit the low 7 bits of a ``uint8`` spike code.
+MAX_CODE_LEVEL = INSIDE_BIT - 1
+
+_SHARE_CODES = [True]
+
+
+@contextlib.contextmanager
+def spike_code_sharing(enabled: bool) -> Iterator[None]:
+    """Enable / disable handing a neuron's ``uint8`` spike code to the convs that consume its
+    output (see :func:`spike_code_of`). Disabled inside activation checkpointing, where the code
+    would otherwise stay alive with the graph instead of being recomputed."""
+    previous = _SHARE_CODES[0]
+    _SHARE_CODES[0] = bool(enabled)
+    try:
+        yield
+    finally:
+        _SHARE_CODES[0] = previous
+
+
+def spike_code(x: Tensor, max_value: int) -> Tensor:
+    """``uint8`` code of ``round(clamp(x, 0, D))``: the level in bits 0-6, :data:`INSIDE_BIT`
+    set where ``0 <= x <= D`` (the straight-through mask). Same shape as ``x``."""
+    level = torch.round(torch.clamp(x, 0, max_value)).to(torch.uint8)
+    inside = (x >= 0) & (x <= max_value)
+    return level.bitwise_or_(inside.to(torch.uint8).mul_(INSIDE_BIT))
+
+
+def decode_spikes(code: Tensor, norm: float, dtype: torch.dtype) -> Tensor:
+    """Spike values ``level / norm`` of a :func:`spike_code`, bitwise equal to the neuron's
+    output (the same integer divided by the same ``norm``)."""
+    return code.bitwise_and(MAX_CODE_LEVEL).to(dtype).div_(norm)
+
+
+class _MultiSpikeSTE(torch.autograd.Function):
+    """``round(clamp(x, 0, D)) / norm`` (half to even) with a straight-through gradient inside
+    [0, D]. Saves a 1-byte :func:`spike_code` per element (not the float input)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, max_value: int, norm: float) -> Tensor:
+        code = spike_code(x, max_value)
+        ctx.save_for_backward(code)
+        ctx.norm = norm
+        # Read by spike-aware convs during the forward pass (spike_code_of); the same tensor as
+        # the saved one, so it costs no memory beyond what backward keeps anyway.
+        ctx.code = code if _SHARE_CODES[0] else None
+        return torch.round(torch.clamp(x, 0, max_value)) / norm
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (code,) = ctx.saved_tensors
+        ctx.code = None
+        inside = code >= INSIDE_BIT
+        # the reference order: the division's gradient first, then the STE mask
+        return (grad / ctx.norm) * inside.to(grad.dtype), None, None
+
 
 class _RoundClampSTE(torch.autograd.Function):
-    """``round(clamp(x, 0, D))`` (half to even) with a straight-through gradient inside [0, D]."""
+    """``round(clamp(x, 0, D))`` with the STE, saving the float input (for ``max_value`` above
+    :data:`MAX_CODE_LEVEL`, which does not fit a ``uint8`` code)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, max_value: float) -> Tensor:
@@ -22,6 +83,32 @@ class _RoundClampSTE(torch.autograd.Function):
         return grad * inside.to(grad.dtype), None
 
 
+_VIEW_NODES = ('ViewBackward0', 'UnsafeViewBackward0', 'ReshapeAliasBackward0',
+               'SqueezeBackward0', 'SqueezeBackward1', 'SqueezeBackward2',
+               'SqueezeBackward3', 'UnsqueezeBackward0')
+
+
+def spike_code_of(x: Tensor) -> tuple[Tensor, float] | None:
+    """The ``uint8`` code and ``norm`` of a :class:`MultiSpike` output, found through its
+    autograd graph, or None.
+
+    ``x`` qualifies when it is the output of a :class:`MultiSpike` call (while autograd records
+    the graph) or an order-preserving view of it (``view``/``reshape``/``flatten``/
+    ``(un)squeeze``, contiguous, same number of elements) that nothing modified in place since.
+    Then ``x == decode_spikes(code, norm, x.dtype).view(x.shape)`` bitwise.
+    """
+    fn = x.grad_fn
+    while fn is not None and type(fn).__name__ in _VIEW_NODES:
+        fn = fn.next_functions[0][0]
+    if fn is None or type(fn) is not _MultiSpikeSTE._backward_cls:
+        return None
+    code = getattr(fn, 'code', None)
+    if code is None or code.numel() != x.numel() or not (code.is_contiguous()
+                                                         and x.is_contiguous()):
+        return None
+    return code, fn.norm
+
+
 @MODELS.register_module()
 class MultiSpike(nn.Module):
     """Integer multi-spike neuron ``s(x) = round(clamp(x, 0, D)) / norm``.
@@ -30,6 +117,12 @@ class MultiSpike(nn.Module):
     ``torch.round`` rounds half to even (0.5 → 0, 2.5 → 2), exactly as the official model.
     Outputs are multiples of ``1 / norm``; at inference each integer stands for up to D binary
     spikes.
+
+    Memory: for backward the neuron saves a 1-byte code per element (level and STE mask,
+    :func:`spike_code`) instead of its float input; convs that consume the output directly
+    (:func:`mmlrf.neurons.fused.spike_conv2d`) save the same code instead of the float spikes.
+    Without autograd the output costs one tensor (clamp, then round and divide in place), or
+    none with ``inplace=True``.
 
     Args:
         max_value (int): D, the largest integer spike count (official: 4).
@@ -49,8 +142,20 @@ class MultiSpike(nn.Module):
     def reset(self) -> None:
         """Stateless: nothing to reset (present for the common neuron interface)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return _RoundClampSTE.apply(x, float(self.max_value)) / self.norm
+    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
+        """Spikes of ``x`` (any shape).
+
+        Args:
+            x (Tensor): membrane input.
+            inplace (bool): overwrite ``x`` with its spikes when autograd does not record this
+                call (inference); ignored otherwise. Only for inputs nothing else reads later.
+        """
+        if not (torch.is_grad_enabled() and x.requires_grad):
+            out = x.clamp_(0, self.max_value) if inplace else torch.clamp(x, 0, self.max_value)
+            return out.round_().div_(self.norm)
+        if self.max_value > MAX_CODE_LEVEL:
+            return _RoundClampSTE.apply(x, float(self.max_value)) / self.norm
+        return _MultiSpikeSTE.apply(x, self.max_value, self.norm)
 
     def extra_repr(self) -> str:
         return f'max_value={self.max_value}, norm={self.norm}'

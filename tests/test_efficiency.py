@@ -1,0 +1,307 @@
+"""Memory-saving paths (issue 5): 1-byte spike codes for backward, spike-aware convs, in-place
+inference, activation checkpointing and the streaming flag. Every path must give the numbers of
+the plain path exactly (forward and gradients); saved-tensor bytes are checked against sizes
+computed from the shapes."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import mmlrf  # noqa: F401  (must precede mmseg)
+from mmlrf.analysis.benchmark import format_row, preset_cases, run_case, smoke_cases
+from mmlrf.attention import LRFBranch, LRFDyn
+from mmlrf.backbones import SDTV3
+from mmlrf.heads import SpikingFPN, SpikingFPNHead
+from mmlrf.neurons import MultiSpike
+from mmlrf.neurons.fused import spike_conv2d
+from mmlrf.neurons.multispike import spike_code_sharing
+
+TINY = dict(embed_dims=[8, 16, 32, 32], num_heads=4)
+
+
+class _ReferenceSTE(torch.autograd.Function):
+    """The original neuron: saves the float input, gradient ``grad * [0 <= x <= D]``."""
+
+    @staticmethod
+    def forward(ctx, x, d):
+        ctx.save_for_backward(x)
+        ctx.d = d
+        return torch.round(torch.clamp(x, 0, d))
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ((x >= 0) & (x <= ctx.d)).to(grad.dtype), None
+
+
+def reference_spikes(x, d=4, norm=4.0):
+    return _ReferenceSTE.apply(x, float(d)) / norm
+
+
+class SavedBytes:
+    """Bytes autograd saves (distinct storages), parameters excluded."""
+
+    def __init__(self, exclude=()):
+        self.bytes, self.dtypes = 0, {}
+        self._seen = {p.untyped_storage().data_ptr() for p in exclude}
+
+    def _pack(self, t):
+        key = t.untyped_storage().data_ptr()
+        if key not in self._seen:
+            self._seen.add(key)
+            self.bytes += t.untyped_storage().nbytes()
+            self.dtypes[t.dtype] = self.dtypes.get(t.dtype, 0) + t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self):
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+
+
+def _no_op_hook(module, args, out):
+    return None
+
+
+def _grads(module, x):
+    return [x.grad] + [p.grad for p in module.parameters() if p.grad is not None]
+
+
+# --------------------------------------------------------------------------------- the neuron
+@pytest.mark.parametrize('d, norm', [(4, 4.0), (4, 1.0), (2, 3.0)])
+def test_multispike_equals_reference_and_saves_one_byte(d, norm):
+    x = (torch.randn(1, 2, 3, 5, 7) * 3).requires_grad_()
+    x.data[0, 0, 0, 0, :4] = torch.tensor([0.5, 2.5, -0.0, float(d)])  # ties, edges
+    x_ref = x.detach().clone().requires_grad_()
+    g = torch.randn_like(x)
+    with SavedBytes() as meter:
+        y = MultiSpike(d, norm)(x)
+    y_ref = reference_spikes(x_ref, d, norm)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
+    assert meter.bytes == x.numel() and set(meter.dtypes) == {torch.uint8}
+
+
+def test_multispike_inplace_only_without_autograd():
+    x = torch.randn(1, 2, 3, 4, 4) * 3
+    ref = torch.round(torch.clamp(x, 0, 4)) / 4
+    y = x.clone()
+    with torch.no_grad():
+        out = MultiSpike()(y, inplace=True)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, ref)
+    z = x.clone().requires_grad_()
+    out = MultiSpike()(z, inplace=True)  # recorded by autograd: the input is kept
+    assert out.data_ptr() != z.data_ptr() and torch.equal(z, x)
+
+
+# -------------------------------------------------------------------------- spike-aware convs
+@pytest.mark.parametrize('conv', [
+    nn.Conv2d(6, 8, 3, padding=1),
+    nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6, bias=False),
+    nn.Conv2d(6, 5, 3, stride=2, padding=1),
+    nn.Conv2d(6, 4, 1)], ids=['3x3', 'dw-dilated', 'stride2', '1x1'])
+def test_spike_conv_equals_conv_of_spikes(conv):
+    torch.manual_seed(0)
+    x = (torch.randn(1, 2, 6, 9, 9) * 3).requires_grad_()
+    x_ref = x.detach().clone().requires_grad_()
+    conv_ref = copy.deepcopy(conv)
+    with SavedBytes(conv.parameters()) as meter:
+        y = spike_conv2d(conv, MultiSpike()(x).flatten(0, 1))
+    with SavedBytes(conv_ref.parameters()) as meter_ref:
+        y_ref = conv_ref(reference_spikes(x_ref).flatten(0, 1))
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(x.grad, x_ref.grad)
+    for p, p_ref in zip(conv.parameters(), conv_ref.parameters()):
+        assert torch.equal(p.grad, p_ref.grad)
+    n = x.numel()
+    assert meter_ref.bytes == 4 * n + 4 * n  # float neuron input + float conv input
+    assert meter.bytes == n                  # one shared uint8 code
+
+
+def test_spike_conv_falls_back_with_hooks_and_shared_code_for_many_convs():
+    convs = [nn.Conv2d(4, 4, 1) for _ in range(3)]
+    x = torch.randn(1, 1, 4, 5, 5, requires_grad=True) * 3
+    calls = []
+    handle = convs[0].register_forward_hook(lambda m, a, o: calls.append(a[0]))
+    with SavedBytes([p for c in convs for p in c.parameters()]) as meter:
+        s = MultiSpike()(x).flatten(0, 1)
+        outs = [spike_conv2d(c, s) for c in convs]
+    handle.remove()
+    assert len(calls) == 1 and torch.equal(calls[0], s)  # the hooked conv ran as a module
+    # code (1 B) shared by the neuron and two fused convs + the hooked conv's float input
+    assert meter.bytes == x.numel() + 4 * x.numel()
+    assert all(torch.equal(o, c(s.detach())) for o, c in zip(outs, convs))
+
+
+def test_spike_conv_ignores_modified_spikes():
+    conv = nn.Conv2d(3, 3, 1)
+    x = torch.randn(1, 1, 3, 4, 4, requires_grad=True)
+    s = MultiSpike()(x) * 2  # not a neuron output any more
+    with SavedBytes(conv.parameters()) as meter:
+        y = spike_conv2d(conv, s.flatten(0, 1))
+    assert meter.bytes == 4 * s.numel() and torch.equal(y, conv(s.detach().flatten(0, 1)))
+
+
+# ------------------------------------------------------------------------ whole tiny networks
+def _tiny_segmentor_parts(attn=dict(type='SSA', order='qk'), **backbone_kwargs):
+    torch.manual_seed(0)
+    backbone = SDTV3(**TINY, attn=attn, **backbone_kwargs)
+    neck = SpikingFPN(backbone.out_channels, 16)
+    head = SpikingFPNHead(in_channels=[16] * 4, channels=16, num_classes=3,
+                          in_index=[0, 1, 2, 3])
+    return nn.ModuleList([backbone, neck, head])
+
+
+def _run(parts, x):
+    return parts[2](parts[1](parts[0](x)))
+
+
+def test_fused_network_equals_unfused_forward_and_gradients():
+    parts = _tiny_segmentor_parts()
+    ref = copy.deepcopy(parts)
+    x = torch.randn(2, 3, 40, 56, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y = _run(parts, x)
+    # a global forward hook makes every conv run as a plain module (the reference path)
+    handle = nn.modules.module.register_module_forward_hook(_no_op_hook)
+    try:
+        y_ref = _run(ref, x_ref)
+        g = torch.randn_like(y)
+        y_ref.backward(g)
+    finally:
+        handle.remove()
+    y.backward(g)
+    assert torch.equal(y, y_ref)
+    for a, b in zip(_grads(parts, x), _grads(ref, x_ref)):
+        assert torch.equal(a, b)
+
+
+def test_backbone_saved_bytes_drop_by_the_conv_inputs():
+    """Fused minus plain saved bytes = 4 bytes × every distinct neuron output a conv reads
+    (the neurons save their 1-byte code either way), found with hooks on the plain path."""
+    backbone = SDTV3(**TINY).train()
+    x = torch.randn(1, 3, 48, 48)
+    params = list(backbone.parameters())
+    with SavedBytes(params) as fused:
+        backbone(x)
+    neuron_outs, conv_inputs = set(), {}
+
+    def on_neuron(m, a, out):
+        neuron_outs.add(out.untyped_storage().data_ptr())
+
+    def on_conv(m, a):
+        conv_inputs[a[0].untyped_storage().data_ptr()] = a[0].numel()
+    handles = [m.register_forward_hook(on_neuron) for m in backbone.modules()
+               if isinstance(m, MultiSpike)]
+    handles += [m.register_forward_pre_hook(on_conv) for m in backbone.modules()
+                if isinstance(m, nn.Conv2d)]
+    with SavedBytes(params) as plain:
+        backbone(x)
+    for h in handles:
+        h.remove()
+    spike_elements = sum(n for ptr, n in conv_inputs.items() if ptr in neuron_outs)
+    assert spike_elements > 0
+    assert plain.bytes - fused.bytes == 4 * spike_elements
+    # every neuron keeps 1 byte per element, in both paths
+    assert fused.dtypes[torch.uint8] == plain.dtypes[torch.uint8] > 0
+
+
+def test_inplace_inference_equals_recorded_forward():
+    parts = _tiny_segmentor_parts(attn=dict(type='LRFDyn', mode='scan')).eval()
+    x = torch.randn(1, 3, 40, 72)
+    with torch.no_grad():
+        y = _run(parts, x)
+    y_rec = _run(parts, x.clone().requires_grad_())  # autograd on: no in-place path
+    assert torch.equal(y, y_rec)
+
+
+def test_lrf_branch_sum_equals_separate_branches():
+    lrf = LRFBranch(4, (1, 2, 3)).eval()
+    x = torch.randn(1, 2, 4, 6, 6)
+    expected = sum(b(x.flatten(0, 1)) for b in lrf.branches).reshape(x.shape)
+    with torch.no_grad():
+        assert torch.allclose(lrf(x), expected, atol=1e-6)
+
+
+def test_with_cp_same_gradients():
+    torch.manual_seed(0)
+    plain = SDTV3(**TINY, attn=dict(type='LRFDyn', mode='scan'), layer_scale_init=1.0).train()
+    ckpt = SDTV3(**TINY, attn=dict(type='LRFDyn', mode='scan'), layer_scale_init=1.0,
+                 with_cp=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 24, 24)
+    outs, grads = [], []
+    for model in (plain, ckpt):
+        model.zero_grad()
+        y = model(x)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in y).backward()
+        outs.append(y)
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    # and it saves less: only block inputs are kept
+    with SavedBytes(plain.parameters()) as m_plain:
+        plain(x)
+    with SavedBytes(ckpt.parameters()) as m_ckpt:
+        ckpt(x)
+    assert m_ckpt.bytes < m_plain.bytes / 2
+
+
+def test_code_sharing_switch_restores():
+    with spike_code_sharing(False):
+        x = torch.randn(1, 1, 2, 3, 3, requires_grad=True)
+        assert MultiSpike()(x).grad_fn.code is None
+    assert MultiSpike()(x).grad_fn.code is not None
+
+
+@pytest.mark.parametrize('mode', ['stream', 'recurrent', 'scan'])
+def test_dynamics_mode_flag_equal_outputs(mode):
+    torch.manual_seed(0)
+    ref = SDTV3(**TINY, attn=dict(type='LRFDyn', mode='fft', bidirectional=True,
+                                  order='snake'), layer_scale_init=1.0).eval()
+    model = SDTV3(**TINY, attn=dict(type='LRFDyn', bidirectional=True, order='snake'),
+                  layer_scale_init=1.0, dynamics_mode=mode).eval()
+    model.load_state_dict(ref.state_dict())
+    assert {m.mode for m in model.modules() if hasattr(m, 'resolved_mode')} == {mode}
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        for a, b in zip(model(x), ref(x)):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_lrf_dyn_default_mode_is_auto():
+    mixer = LRFDyn(num_heads=2, qk_channels=8, v_channels=8)
+    assert mixer.dynamics.mode == 'auto'
+    assert mixer.dynamics.resolved_mode(torch.zeros(1, 8, 2, 2)) == 'scan'
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(dynamics_mode='parallel'), 'dynamics_mode must be None or one of'),
+    (dict(dynamics_mode='stream'), 'needs an attention with dendritic dynamics'),
+])
+def test_invalid_backbone_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SDTV3(**TINY, **kwargs)
+
+
+def test_issue5_preset_has_dynamics_operator_rows():
+    cases, highlights = preset_cases('issue5', 'cpu')
+    dyn = [c for c in cases if c['kind'] == 'dynamics']
+    assert {c['variant'] for c in dyn} >= {'dynamics:scan', 'dynamics:stream', 'dynamics:fft'}
+    assert all(c['channels'] == 1440 and c['hw'] == [64, 128] and c['batch'] == 8
+               for c in dyn)
+    small = smoke_cases([c for c in dyn if c['variant'] == 'dynamics:scan'])
+    (row,) = [run_case(c, 'cpu', warmup=0, repeats=1) for c in small]
+    assert 'error' not in row and row['output_mib'] == 2 * 32 * 512 * 4 / 2 ** 20
+    assert row['extra_over_output'] == (row['peak_mib'] - row['output_mib']) / row['output_mib']
+    assert 'extra/output' in format_row(row)
