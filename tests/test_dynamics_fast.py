@@ -104,43 +104,74 @@ def test_bfloat16_input_cpu(mode):
     assert rel_err(y, ref) < 1e-2
 
 
+INTERPRETER_SCRIPT = textwrap.dedent('''
+    import torch, mmlrf
+    from mmlrf.attention.dynamics import fft_conv
+    from mmlrf.attention.dynamics_triton import (_TritonDynamics, kernel_head, launch_forward,
+                                                 launch_param_grad)
+    from mmlrf.attention.scan_triton import FP32_CONFIGS, GRAD_CONFIG, LOWP_CONFIGS
+
+    def err(a, b):
+        return ((a.double() - b).abs().max() / b.abs().max()).item()
+
+    def case(bsz, ch, n, k, seed):
+        g = torch.Generator().manual_seed(seed)
+        u = torch.randn(bsz, ch, n, generator=g)
+        # decays from ~1 − 1e-3 to e^-3 (fast modes vanish within a chunk)
+        log_a = -torch.rand(ch, k, generator=g) * torch.logspace(-3, 0.5, k)
+        return u, log_a, torch.randn(ch, k, generator=g), torch.randn(ch, generator=g)
+
+    def reference(u, log_a, w, d, reverse, gy):
+        ref_in = [t.detach().double().requires_grad_() for t in (u, log_a, w, d)]
+        seq = ref_in[0].flip(-1) if reverse else ref_in[0]
+        ref = fft_conv(seq, *ref_in[1:])
+        ref = ref.flip(-1) if reverse else ref
+        return [ref] + list(torch.autograd.grad((ref * gy.double()).sum(), ref_in))
+
+    worst = {}
+    # Autograd through the default (interpreter) tiles: 256-token groups.
+    for bsz, ch, n, k, reverse in [(2, 3, 300, 8, False), (1, 5, 420, 5, True),
+                                   (1, 2, 37, 8, True), (2, 2, 513, 5, False)]:
+        u, log_a, w, d = case(bsz, ch, n, k, n)
+        inputs = [t.requires_grad_() for t in (u, log_a, w, d)]
+        gy = torch.randn(bsz, ch, n)
+        y = _TritonDynamics.apply(*inputs, kernel_head(log_a.detach(), w.detach()), reverse)
+        got = [y] + list(torch.autograd.grad((y * gy).sum(), inputs))
+        for name, a, b in zip(('y', 'u', 'log_a', 'w', 'd'), got,
+                              reference(u, log_a, w, d, reverse, gy)):
+            worst[name] = max(worst.get(name, 0.0), err(a, b))
+    # The GPU tiles (every autotune candidate, the gradient config): N crosses their groups.
+    for reverse, k in [(False, 8), (True, 5)]:
+        u, log_a, w, d = case(1, 2, 2100, k, k)
+        gy = torch.randn_like(u)
+        ref = reference(u, log_a, w, d, reverse, gy)
+        kern = kernel_head(log_a, w)
+        for config in FP32_CONFIGS + LOWP_CONFIGS:
+            y = torch.full_like(u, float('nan'))
+            launch_forward(u, y, log_a, w, d, kern, reverse, config)
+            worst['y'] = max(worst['y'], err(y, ref[0]))
+        grads = launch_param_grad(u, gy, log_a, w, reverse, GRAD_CONFIG)
+        for name, a, b in zip(('log_a', 'w', 'd'), grads, ref[2:]):
+            worst[name] = max(worst[name], err(a, b))
+    print('WORST', max(worst.values()), worst)
+''')
+
+
 def test_triton_kernels_in_interpreter():
     """The Triton kernels' maths on CPU via TRITON_INTERPRET=1 (only where triton is installed
-    without a GPU; with CUDA the compiled kernels are tested directly below). The interpreter
-    runs 256-token groups (16 chunks of 16), so N = 300 and 420 carry the state across groups,
-    forwards and (k = 5, padded modes) backwards."""
+    without a GPU; with CUDA the compiled kernels are tested directly below): forward and every
+    gradient against float64 FFT autograd, k = 8 and 5 (padded modes), both directions. The
+    default interpreter tiles run 256-token groups (N = 300, 420, 513 carry the state across
+    groups, N = 37 is less than one group); every GPU autotune candidate and the gradient config
+    run on N = 2100 (more than one group of each)."""
     pytest.importorskip('triton')
     if torch.cuda.is_available():
         pytest.skip('CUDA present: the compiled kernels are tested instead of the interpreter')
-    script = textwrap.dedent('''
-        import torch, mmlrf
-        from mmlrf.attention.dynamics import fft_conv
-        from mmlrf.attention.dynamics_triton import _TritonDynamics, kernel_head
-        torch.manual_seed(0)
-        worst = 0.0
-        for bsz, ch, n, k, reverse in [(2, 3, 300, 8, False), (1, 5, 420, 5, True)]:
-            u = torch.randn(bsz, ch, n, requires_grad=True)
-            log_a = (-torch.rand(ch, k) * 0.3).requires_grad_()
-            w = torch.randn(ch, k, requires_grad=True)
-            d = torch.randn(ch, requires_grad=True)
-            g = torch.randn(bsz, ch, n)
-            kern = kernel_head(log_a.detach(), w.detach())
-            y = _TritonDynamics.apply(u, log_a, w, d, kern, reverse)
-            got = [y] + list(torch.autograd.grad((y * g).sum(), (u, log_a, w, d)))
-            ref_in = [t.detach().double().requires_grad_() for t in (u, log_a, w, d)]
-            seq = ref_in[0].flip(-1) if reverse else ref_in[0]
-            ref = fft_conv(seq, *ref_in[1:])
-            ref = ref.flip(-1) if reverse else ref
-            refs = [ref] + list(torch.autograd.grad((ref * g.double()).sum(), ref_in))
-            for a, b in zip(got, refs):
-                worst = max(worst, ((a.double() - b).abs().max() / b.abs().max()).item())
-        print('WORST', worst)
-    ''')
     env = dict(os.environ, TRITON_INTERPRET='1')
-    out = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, '-c', INTERPRETER_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert float(out.stdout.split('WORST')[-1]) < 1e-4
+    assert float(out.stdout.split('WORST')[-1].split()[0]) < 1e-5, out.stdout
 
 
 # ---------------------------------------------------------------------------- CUDA / Triton
@@ -183,9 +214,10 @@ def test_triton_bfloat16(bidirectional):
 @pytest.mark.parametrize('reverse', [False, True])
 def test_triton_every_forward_config(reverse, dtype):
     """Each autotune candidate compiles and is exact, incl. the carry across token groups
-    (N = 8191 > every group of BLOCK_M·CHUNK tokens; odd, so the last group is partial)."""
-    from mmlrf.attention.dynamics_triton import kernel_head, launch_forward
-    from mmlrf.attention.scan_triton import FORWARD_CONFIGS
+    (N = 8191 > every group of BLOCK_M·CHUNK tokens; odd, so the last group is partial), and the
+    guarded autotuner keeps all of them."""
+    from mmlrf.attention.dynamics_triton import (forward_configs, kernel_head, launch_forward,
+                                                 usable_configs)
     torch.manual_seed(4)
     ch, k = 6, 8
     u = torch.randn(2, ch, 8191, device='cuda').to(dtype)
@@ -197,10 +229,38 @@ def test_triton_every_forward_config(reverse, dtype):
     ref = fft_conv(seq, log_a, w, d)
     ref = ref.flip(-1) if reverse else ref
     kern = kernel_head(log_a, w)
-    for config in FORWARD_CONFIGS:
+    for config in forward_configs(dtype):
         y = torch.full_like(u, float('nan'))
         launch_forward(u, y, log_a.float(), w.float(), d.float(), kern, reverse, config)
         assert rel_err(y, ref) < (1e-5 if dtype == torch.float32 else 1e-2), config
+    assert len(usable_configs(dtype, k, u.device)) == len(forward_configs(dtype))
+
+
+@needs_cuda
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('k', [8, 5])
+@pytest.mark.parametrize('reverse', [False, True])
+def test_triton_gradients_long_sequence(reverse, k, dtype):
+    """Input and parameter gradients of the default (autotuned / gradient) configs on N = 4500
+    (crosses two token groups of the gradient kernel), against float64 FFT autograd."""
+    from mmlrf.attention.dynamics_triton import triton_scan
+    torch.manual_seed(5)
+    ch = 3
+    u = torch.randn(2, ch, 4500, device='cuda').to(dtype)
+    gy = torch.randn_like(u)
+    params = [-torch.rand(ch, k, device='cuda') * torch.logspace(-3, 0.5, k, device='cuda'),
+              torch.randn(ch, k, device='cuda'), torch.randn(ch, device='cuda')]
+    inputs = [t.requires_grad_() for t in [u] + params]
+    y = triton_scan(*inputs, reverse=reverse)
+    got = [y] + list(torch.autograd.grad((y * gy).sum(), inputs))
+    ref_in = [t.detach().double().requires_grad_() for t in inputs]
+    seq = ref_in[0].flip(-1) if reverse else ref_in[0]
+    ref = fft_conv(seq, *ref_in[1:])
+    ref = ref.flip(-1) if reverse else ref
+    refs = [ref] + list(torch.autograd.grad((ref * gy.double()).sum(), ref_in))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for name, a, b in zip(('y', 'u', 'log_a', 'w', 'd'), got, refs):
+        assert torch.isfinite(a).all() and rel_err(a, b) < tol, name
 
 
 @needs_cuda

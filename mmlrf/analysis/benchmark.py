@@ -526,7 +526,8 @@ def environment(device: str) -> dict:
     if device.startswith('cuda') and torch.cuda.is_available():
         env.update(gpu=torch.cuda.get_device_name(device),
                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-                   tf32_cudnn=torch.backends.cudnn.allow_tf32)
+                   tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                   cudnn_benchmark=torch.backends.cudnn.benchmark)
     return env
 
 

@@ -7,15 +7,21 @@ is read and only the output written; the extra memory is the ``[C, CHUNK_MAX]`` 
 ``K[0..CHUNK_MAX)``: no ``[C, k, N]`` kernel exists. Inputs may be fp32 / fp16 / bf16; the state
 and all arithmetic are fp32; the output has the input's dtype.
 
+Autotuning is guarded: before the first autotuned launch for an input dtype and mode count, every
+candidate config is compiled and run once on a short sequence (:func:`usable_configs`) and kept
+only if it compiles, launches and matches the float64 FFT reference; the autotuner then chooses
+among the survivors. A candidate that does not compile on some Triton / GPU version is dropped
+with a warning instead of breaking the default path.
+
 Backward (a custom ``autograd.Function``):
 
 - input gradient: the adjoint of a causal linear recurrence is the same recurrence run
   backwards in time, so ``∂u = `` the forward kernel applied to ``∂y`` in the opposite direction;
-- parameter gradients in one more forward-direction pass (a per-token kernel: ``BLOCK_C``
-  channels × ``BLOCK_N`` tokens per step, ``tl.associative_scan`` per mode), with the state
-  ``h_j`` and its derivative companion ``q_j`` (``q_t = ā q_{t−1} + h_t``, so
-  ``ā·∂h_t/∂ā = q_t − h_t``):
-  ``∂w_j = Σ ∂y·h_j``, ``∂log ā_j = w_j Σ ∂y·(q_j − h_j)``, ``∂d = Σ ∂y·u``.
+- parameter gradients in one more forward-direction pass of the chunked parameter-gradient kernel
+  (:data:`~mmlrf.attention.scan_triton.param_grad_kernel`): with ``h_{t,j} = Σ_{s≤t} ā_j^{t−s}
+  u_s``, ``∂w_j = Σ_t ∂y_t h_{t,j}``, ``∂log ā_j = w_j Σ_{s≤t} ∂y_t (t−s) ā_j^{t−s} u_s`` and
+  ``∂d = Σ_t ∂y_t u_t``, per sequence into ``[B, C, k]`` fp32 partials summed over B here. Extra
+  memory: ``∂u`` (the result) plus ``O(B·C·k)``.
 
 Triton is imported lazily (only GPU machines have it).
 """
@@ -23,15 +29,12 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 from torch import Tensor
 
-# Parameter-gradient kernel tiles; the forward kernel's tiles are autotuned (scan_triton).
-BLOCK_C = 2
-BLOCK_N = 128
-NUM_WARPS = 4
-CHUNK_MAX = 64  # lags of the kernel head, ≥ every CHUNK in scan_triton.FORWARD_CONFIGS
+CHUNK_MAX = 64  # lags of the kernel head, ≥ every CHUNK in the scan_triton configs
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,6 +60,87 @@ def kernel_head(log_a: Tensor, w: Tensor) -> Tensor:
     return (w.double()[..., None] * decay).sum(-2).float()
 
 
+def precision_kind(dtype: torch.dtype) -> str:
+    """``'fp32'`` for fp32 inputs, ``'lowp'`` for 16-bit ones (selects the config lists)."""
+    return 'fp32' if dtype == torch.float32 else 'lowp'
+
+
+def forward_configs(dtype: torch.dtype) -> list:
+    """Autotune candidates of the forward kernel for inputs of ``dtype``."""
+    from .scan_triton import FP32_CONFIGS, LOWP_CONFIGS
+    return FP32_CONFIGS if precision_kind(dtype) == 'fp32' else LOWP_CONFIGS
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (the kernels run in the Triton interpreter)."""
+    return os.environ.get('TRITON_INTERPRET') == '1'
+
+
+def _launch(u: Tensor, out: Tensor, log_a: Tensor, w: Tensor, d: Tensor, kern: Tensor,
+            reverse: bool, kernel, meta: dict) -> None:
+    bsz, ch, n = u.shape
+    k = log_a.shape[-1]
+    kernel[(bsz * ch,)](u, out, log_a, w, d, kern, n, ch, k, REVERSE=reverse, K=modes_padded(k),
+                        KERN_STRIDE=CHUNK_MAX, **meta)
+
+
+@functools.lru_cache(maxsize=None)
+def usable_configs(dtype: torch.dtype, num_modes: int, device: torch.device) -> tuple:
+    """The forward candidates for ``dtype`` that compile, run and are accurate on ``device``.
+
+    Each candidate runs once (causal) on a ``[1, 2, 8208]`` sequence (longer than two token
+    groups of every config) with ``num_modes`` modes and is compared to the float64 FFT reference.
+    Compiled binaries are cached by Triton, so this adds little to the autotuning that follows.
+
+    Raises:
+        RuntimeError: if no candidate survives.
+    """
+    from .dynamics import fft_conv
+    gen = torch.Generator(device='cpu').manual_seed(0)
+    u = torch.randn(1, 2, 8208, generator=gen, dtype=torch.float64)
+    log_a = -torch.rand(2, num_modes, generator=gen, dtype=torch.float64) * 0.2
+    w = torch.randn(2, num_modes, generator=gen, dtype=torch.float64)
+    d = torch.randn(2, generator=gen, dtype=torch.float64)
+    u = u.to(dtype).double()
+    ref = fft_conv(u, log_a, w, d)
+    tol = 1e-4 if precision_kind(dtype) == 'fp32' else 2e-2
+    args = [t.to(device) for t in (u.to(dtype), log_a.float(), w.float(), d.float())]
+    kern = kernel_head(log_a, w).to(device)
+    good = []
+    for config in forward_configs(dtype):
+        out = torch.full_like(args[0], float('nan'))
+        try:
+            launch_forward(args[0], out, *args[1:], kern, False, config)
+            err = ((out.double().cpu() - ref).abs().max() / ref.abs().max()).item()
+        except Exception as exc:  # a config this Triton / GPU cannot compile or launch
+            warnings.warn(f'dropping Triton config {config}: {type(exc).__name__}: {exc}'[:500])
+            continue
+        if err < tol:
+            good.append(config)
+        else:
+            warnings.warn(f'dropping Triton config {config}: relative error {err:.1e}')
+    if not good:
+        raise RuntimeError(f'no Triton forward config works for {dtype} on {device}')
+    return tuple(good)
+
+
+#: Autotuned forward kernels by ``(dtype, k, device)``; ``.cache`` holds the choice per key.
+TUNED_FORWARD: dict = {}
+
+
+def tuned_forward(dtype: torch.dtype, num_modes: int, device: torch.device):
+    """The autotuned forward kernel over :func:`usable_configs` (built once per key)."""
+    key = (dtype, num_modes, device)
+    if key not in TUNED_FORWARD:
+        import triton
+
+        from .scan_triton import forward_kernel
+        configs = list(usable_configs(dtype, num_modes, device))
+        TUNED_FORWARD[key] = triton.autotune(configs, key=['n_tokens', 'num_modes'])(
+            forward_kernel)
+    return TUNED_FORWARD[key]
+
+
 def launch_forward(u: Tensor, out: Tensor, log_a: Tensor, w: Tensor, d: Tensor, kern: Tensor,
                    reverse: bool, config=None) -> None:
     """Run the forward kernel: ``out = scan(u)`` (``[B, C, N]``, contiguous).
@@ -67,21 +151,48 @@ def launch_forward(u: Tensor, out: Tensor, log_a: Tensor, w: Tensor, d: Tensor, 
         d (Tensor): ``[C]`` fp32.
         kern (Tensor): :func:`kernel_head` ``[C, CHUNK_MAX]``.
         reverse (bool): anti-causal.
-        config (triton.Config | None): a fixed tile config (tests); None = autotuned on the GPU,
-            ``scan_triton.INTERPRETER_CONFIG`` under ``TRITON_INTERPRET=1``.
+        config (triton.Config | None): a fixed tile config (tests); None = autotuned on the GPU
+            over :func:`usable_configs`, ``scan_triton.INTERPRETER_CONFIG`` under
+            ``TRITON_INTERPRET=1``.
     """
     from .scan_triton import INTERPRETER_CONFIG, forward_kernel
+    if config is None and interpreting():
+        config = INTERPRETER_CONFIG
+    if config is None:
+        _launch(u, out, log_a, w, d, kern, reverse,
+                tuned_forward(u.dtype, log_a.shape[-1], u.device), {})
+    else:
+        _launch(u, out, log_a, w, d, kern, reverse, forward_kernel, config.all_kwargs())
+
+
+def launch_param_grad(u: Tensor, grad_y: Tensor, log_a: Tensor, w: Tensor, reverse: bool,
+                      config=None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``Σ grad_y·scan(u)`` wrt ``log ā``, ``w`` and ``d``.
+
+    Args:
+        u, grad_y (Tensor): ``[B, C, N]`` contiguous, same dtype.
+        log_a, w (Tensor): ``[C, k]`` fp32.
+        reverse (bool): the direction of the forward scan.
+        config (triton.Config | None): tiles; None = ``scan_triton.GRAD_CONFIG``
+            (``INTERPRETER_CONFIG`` under ``TRITON_INTERPRET=1``).
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: fp32 ``∂log ā`` ``[C, k]``, ``∂w`` ``[C, k]``, ``∂d``
+        ``[C]``.
+    """
+    from .scan_triton import GRAD_CONFIG, INTERPRETER_CONFIG, param_grad_kernel
+    if config is None:
+        config = INTERPRETER_CONFIG if interpreting() else GRAD_CONFIG
     bsz, ch, n = u.shape
     k = log_a.shape[-1]
-    kernel = forward_kernel
-    if config is None and os.environ.get('TRITON_INTERPRET') == '1':
-        config = INTERPRETER_CONFIG
-    meta = {}
-    if config is not None:
-        kernel, meta = forward_kernel.fn, config.all_kwargs()
-    precision = 'tf32x3' if u.dtype == torch.float32 else 'tf32'
-    kernel[(bsz * ch,)](u, out, log_a, w, d, kern, n, ch, k, REVERSE=reverse, K=modes_padded(k),
-                        KERN_STRIDE=CHUNK_MAX, PRECISION=precision, **meta)
+    gw = u.new_empty(bsz, ch, k, dtype=torch.float32)
+    gl = torch.empty_like(gw)
+    gd = u.new_empty(bsz, ch, dtype=torch.float32)
+    param_grad_kernel[(bsz * ch,)](u, grad_y, log_a, w, gw, gl, gd, n, ch, k, REVERSE=reverse,
+                                   K=modes_padded(k), **config.all_kwargs())
+    return gl.sum(0), gw.sum(0), gd.sum(0)
+
+
 class _TritonDynamics(torch.autograd.Function):
     """``y = causal (or anti-causal) modal scan of u`` with fused readout; see module docstring."""
 
@@ -103,20 +214,7 @@ class _TritonDynamics(torch.autograd.Function):
             grad_u = torch.empty_like(u)
             launch_forward(grad_y, grad_u, log_a, w, d, kern, not ctx.reverse)
         if any(ctx.needs_input_grad[1:4]):
-            import triton
-
-            from .scan_triton import param_grad_kernel
-            bsz, ch, n = u.shape
-            k = log_a.shape[-1]
-            gw = u.new_empty(bsz, ch, k, dtype=torch.float32)
-            gl = torch.empty_like(gw)
-            gd = u.new_empty(bsz, ch, dtype=torch.float32)
-            grid = (bsz, triton.cdiv(ch, BLOCK_C))
-            param_grad_kernel[grid](u, grad_y, log_a, w, gw, gl, gd, n, ch, k,
-                                    REVERSE=ctx.reverse, BLOCK_C=BLOCK_C,
-                                    K=max(2, triton.next_power_of_2(k)), BLOCK_N=BLOCK_N,
-                                    num_warps=NUM_WARPS)
-            grad_log_a, grad_w, grad_d = gl.sum(0), gw.sum(0), gd.sum(0)
+            grad_log_a, grad_w, grad_d = launch_param_grad(u, grad_y, log_a, w, ctx.reverse)
         return grad_u, grad_log_a, grad_w, grad_d, None, None
 
 

@@ -3,7 +3,8 @@
 This module imports Triton at import time: never import it from code that must run without a
 GPU. The maths and the backward formulas are documented in :mod:`~mmlrf.attention.dynamics_triton`.
 
-Forward (:data:`forward_kernel`), a chunked scan on tensor cores. One program owns one
+Forward (:data:`forward_kernel`), a chunked scan on tensor cores (autotuned over
+:data:`FP32_CONFIGS` / :data:`LOWP_CONFIGS` by the wrapper). One program owns one
 ``(image, channel)`` sequence (grid ``B·C``) and walks it in groups of ``BLOCK_M`` chunks of
 ``CHUNK`` tokens; a group is one contiguous ``[BLOCK_M, CHUNK]`` tile of the sequence (coalesced
 loads along the token axis), row i = chunk i. With the unit-input modal state
@@ -20,23 +21,53 @@ loads along the token axis), row i = chunk i. With the unit-input modal state
 - readout of the entering states: ``Y += E·R``, ``R[j, t] = w_j ā_j^{t+1}``; plus ``d·u``.
 
 All powers are ``exp(m·log ā)`` with m ≥ 0, so nothing overflows. HBM traffic is one read of
-``u`` and one write of ``y``; the dots run as 3×TF32 (``'tf32x3'``, fp32-accurate) for fp32 inputs
-and single TF32 for 16-bit inputs.
+``u`` and one write of ``y``. The dot precision is a tile-config parameter (``PRECISION``): 3×TF32
+(``'tf32x3'``) or plain fp32 FMA (``'ieee'``) for fp32 inputs (both fp32-accurate), single TF32
+for 16-bit inputs.
+
+Parameter gradients (:data:`param_grad_kernel`), the same chunked formulation: per sequence the
+gradients are sums over token pairs ``s ≤ t`` of ``∂y_t·u_s`` times ``ā^{t−s}`` (``∂w``) or
+``(t−s)·ā^{t−s}`` (``∂log ā / w``). Pairs in different chunks go through the state entering
+chunk t's chunk, ``E``, and its companion ``F = ā ∂E/∂ā`` (scanned together over the chunks with
+:func:`combine_pair`, ``F ← ā^L F + L·ā^L E + S'``); pairs inside one chunk are accumulated as the
+``[CHUNK, CHUNK]`` matrix ``Σ_chunks ∂Y_cᵀ U_c`` (one tensor-core dot per group) and contracted
+with the lag powers once at the end. Reads ``u`` and ``∂y`` once, writes ``k`` numbers per
+sequence.
 """
 import triton
 import triton.language as tl
 
-# Autotuned on the GPU per (N, k, dtype); every CHUNK must be ≤ dynamics_triton.CHUNK_MAX (the
-# number of lags of the kernel head the wrapper passes).
-FORWARD_CONFIGS = [
-    triton.Config({'CHUNK': 64, 'BLOCK_M': 32}, num_warps=4, num_stages=2),
-    triton.Config({'CHUNK': 64, 'BLOCK_M': 64}, num_warps=8, num_stages=2),
-    triton.Config({'CHUNK': 32, 'BLOCK_M': 64}, num_warps=4, num_stages=2),
-    triton.Config({'CHUNK': 32, 'BLOCK_M': 128}, num_warps=8, num_stages=2),
+
+def _config(chunk: int, block_m: int, warps: int, precision: str) -> triton.Config:
+    return triton.Config({'CHUNK': chunk, 'BLOCK_M': block_m, 'PRECISION': precision},
+                         num_warps=warps, num_stages=2)
+
+
+# Autotune candidates of the forward kernel per input dtype (every CHUNK must be
+# ≤ dynamics_triton.CHUNK_MAX, the number of lags of the kernel head the wrapper passes). The
+# first entry of each list is the measured best of the previous round (H200, N = 8192, k = 8).
+# fp32 inputs keep fp32 accuracy: 3×TF32 tensor-core dots or plain fp32 FMA dots ('ieee').
+# CHUNK = 16 halves the Toeplitz MACs per token and, with BLOCK_M = 64, the registers (ptxas,
+# sm_90, triton 3.6: ~116-128 instead of ~196 per thread, i.e. 4 instead of 2 programs per SM).
+FP32_CONFIGS = [
+    _config(32, 64, 4, 'tf32x3'),
+    _config(16, 64, 4, 'tf32x3'),
+    _config(16, 128, 8, 'tf32x3'),
+    _config(16, 64, 4, 'ieee'),
+    _config(32, 32, 4, 'ieee'),
 ]
+# 16-bit inputs (converted to fp32 in registers): single-pass TF32 dots suffice.
+LOWP_CONFIGS = [
+    _config(32, 64, 4, 'tf32'),
+    _config(16, 64, 4, 'tf32'),
+    _config(16, 128, 8, 'tf32'),
+]
+# Parameter-gradient kernel, every input dtype: fp32 FMA dots (tensor-core variants of this
+# kernel need all 255 registers and spill on sm_90; this one needs ~76, no spills).
+GRAD_CONFIG = _config(32, 64, 8, 'ieee')
 # Under TRITON_INTERPRET=1 (no GPU to benchmark on) one small config whose 256-token groups make
 # short test sequences cross group boundaries (exercises the carried state).
-INTERPRETER_CONFIG = triton.Config({'CHUNK': 16, 'BLOCK_M': 16})
+INTERPRETER_CONFIG = _config(16, 16, 4, 'ieee')
 
 
 @triton.jit
@@ -45,42 +76,9 @@ def combine(a1, x1, a2, x2):
 
 
 @triton.jit
-def tile_setup(log_a_ptr, w_ptr, pid_c, channels, num_modes,
-               BLOCK_C: tl.constexpr, K: tl.constexpr):
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_k = tl.arange(0, K)
-    mask_c = offs_c < channels
-    mask_ck = mask_c[:, None] & (offs_k[None, :] < num_modes)
-    pk = offs_c[:, None] * num_modes + offs_k[None, :]
-    # Padded modes: log ā = 0 (ā = 1) with w = 0 contribute nothing.
-    log_a = tl.load(log_a_ptr + pk, mask=mask_ck, other=0.0)
-    w = tl.load(w_ptr + pk, mask=mask_ck, other=0.0)
-    return offs_c, mask_c, mask_ck, log_a, w
-
-
-@triton.jit
-def token_tile(ptr, base, start, n_tokens, mask_c,
-               REVERSE: tl.constexpr, BLOCK_N: tl.constexpr):
-    offs_n = start + tl.arange(0, BLOCK_N)
-    mask = mask_c[:, None] & (offs_n < n_tokens)[None, :]
-    pos = offs_n
-    if REVERSE:
-        pos = n_tokens - 1 - offs_n
-    ptrs = ptr + base + pos[None, :]
-    return ptrs, mask
-
-
-@triton.jit
-def chunk_scan(a3, x, state):
-    # Inclusive scan of h_t = a h_{t-1} + x_t over the tile, starting from `state`.
-    a_cum, h = tl.associative_scan((a3, x), axis=2, combine_fn=combine)
-    return h + a_cum * state[:, :, None]
-
-
-@triton.jit
-def last_token(h, BLOCK_N: tl.constexpr):
-    is_last = (tl.arange(0, BLOCK_N) == BLOCK_N - 1)[None, None, :]
-    return tl.sum(tl.where(is_last, h, 0.0), axis=2)
+def combine_pair(a1, b1, x1, f1, a2, b2, x2, f2):
+    # Composition of the affine maps (E, F) -> (a E + x, a F + b E + f), the earlier one first.
+    return a1 * a2, a2 * b1 + b2 * a1, a2 * x1 + x2, a2 * f1 + b2 * x1 + f2
 
 
 @triton.jit
@@ -95,34 +93,60 @@ def group_tile(ptr, base, start, n_tokens, REVERSE: tl.constexpr, CHUNK: tl.cons
     return ptr + base + pos, mask
 
 
-def _forward_kernel(u_ptr, y_ptr, log_a_ptr, w_ptr, d_ptr, kern_ptr, n_tokens, channels,
-                    num_modes, REVERSE: tl.constexpr, K: tl.constexpr, KERN_STRIDE: tl.constexpr,
-                    PRECISION: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
-    row = tl.program_id(0)
-    ch = row % channels
-    base = row.to(tl.int64) * n_tokens
+@triton.jit
+def load_group(ptr, base, start, n_tokens, REVERSE: tl.constexpr, CHUNK: tl.constexpr,
+               BLOCK_M: tl.constexpr):
+    """fp32 ``[BLOCK_M, CHUNK]`` tile of a group (row i = chunk i) and its mask."""
+    ptrs, mask = group_tile(ptr, base, start, n_tokens, REVERSE, CHUNK, BLOCK_M)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), mask
+
+
+@triton.jit
+def mode_operators(log_a_ptr, w_ptr, ch, num_modes, K: tl.constexpr, CHUNK: tl.constexpr,
+                   BLOCK_M: tl.constexpr):
+    """Per-channel modal operators (padded modes: ā = 1, w = 0, zero injection).
+
+    Returns ``log ā`` ``[K]``, ``w`` ``[K]``, ``inject_t[j, s] = ā_j^{CHUNK−1−s}`` ``[K, CHUNK]``,
+    ``powers[j, t] = ā_j^{t+1}`` ``[K, CHUNK]``, the chunk decay ``ā^CHUNK`` ``[K, BLOCK_M]`` and
+    ``carry_decay[j, i] = ā_j^{CHUNK(i+1)}`` ``[K, BLOCK_M]``."""
     offs_t = tl.arange(0, CHUNK)
-    offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, K)
     mask_k = offs_k < num_modes
     log_a = tl.load(log_a_ptr + ch * num_modes + offs_k, mask=mask_k, other=0.0)
     w = tl.load(w_ptr + ch * num_modes + offs_k, mask=mask_k, other=0.0)
-    d = tl.load(d_ptr + ch)
-    lag = offs_t[None, :] - offs_t[:, None]
-    toeplitz = tl.load(kern_ptr + ch * KERN_STRIDE + lag, mask=lag >= 0, other=0.0)
-    # Transposed small operators ([K, ·]) so that the chunk scan runs along the last axis.
     inject_t = tl.where(mask_k[:, None],
                         tl.exp(log_a[:, None] * (CHUNK - 1 - offs_t)[None, :]), 0.0)
-    readout = w[:, None] * tl.exp(log_a[:, None] * (offs_t + 1)[None, :])
+    powers = tl.exp(log_a[:, None] * (offs_t + 1)[None, :])
     chunk_decay = tl.broadcast_to(tl.exp(log_a * CHUNK)[:, None], (K, BLOCK_M))
-    carry_decay = tl.exp(log_a[:, None] * (CHUNK * (offs_m + 1))[None, :])
-    is_last = (offs_m == BLOCK_M - 1)[None, :]
+    carry_decay = tl.exp(log_a[:, None] * (CHUNK * (tl.arange(0, BLOCK_M) + 1))[None, :])
+    return log_a, w, inject_t, powers, chunk_decay, carry_decay
+
+
+@triton.jit
+def last_row(x, BLOCK_M: tl.constexpr):
+    """``x[:, BLOCK_M − 1]`` of a ``[K, BLOCK_M]`` tile."""
+    return tl.sum(tl.where((tl.arange(0, BLOCK_M) == BLOCK_M - 1)[None, :], x, 0.0), axis=1)
+
+
+@triton.jit
+def forward_kernel(u_ptr, y_ptr, log_a_ptr, w_ptr, d_ptr, kern_ptr, n_tokens, channels,
+                   num_modes, REVERSE: tl.constexpr, K: tl.constexpr, KERN_STRIDE: tl.constexpr,
+                   PRECISION: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``y = scan(u)`` for one ``(image, channel)`` sequence per program (grid ``B·C``)."""
+    row = tl.program_id(0)
+    ch = row % channels
+    base = row.to(tl.int64) * n_tokens
+    log_a, w, inject_t, powers, chunk_decay, carry_decay = mode_operators(
+        log_a_ptr, w_ptr, ch, num_modes, K, CHUNK, BLOCK_M)
+    readout = w[:, None] * powers
+    d = tl.load(d_ptr + ch)
+    offs_t = tl.arange(0, CHUNK)
+    lag = offs_t[None, :] - offs_t[:, None]
+    toeplitz = tl.load(kern_ptr + ch * KERN_STRIDE + lag, mask=lag >= 0, other=0.0)
     carry = tl.zeros((K,), dtype=tl.float32)
     for start in range(0, n_tokens, BLOCK_M * CHUNK):
-        u_ptrs, mask = group_tile(u_ptr, base, start, n_tokens, REVERSE, CHUNK, BLOCK_M)
-        u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-        p_ptrs, p_mask = group_tile(u_ptr, base, start - CHUNK, n_tokens, REVERSE, CHUNK, BLOCK_M)
-        u_prev = tl.load(p_ptrs, mask=p_mask, other=0.0).to(tl.float32)
+        u, mask = load_group(u_ptr, base, start, n_tokens, REVERSE, CHUNK, BLOCK_M)
+        u_prev, _ = load_group(u_ptr, base, start - CHUNK, n_tokens, REVERSE, CHUNK, BLOCK_M)
         prev_end = tl.dot(inject_t, tl.trans(u_prev), input_precision=PRECISION)  # [K, M]
         _, entering = tl.associative_scan((chunk_decay, prev_end), axis=1, combine_fn=combine)
         entering += carry_decay * carry[:, None]
@@ -131,44 +155,60 @@ def _forward_kernel(u_ptr, y_ptr, log_a_ptr, w_ptr, d_ptr, kern_ptr, n_tokens, c
         y += d * u
         y_ptrs, _ = group_tile(y_ptr, base, start, n_tokens, REVERSE, CHUNK, BLOCK_M)
         tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        carry = tl.sum(tl.where(is_last, entering, 0.0), axis=1)
-
-
-#: The compiled forward kernel (autotuned); ``forward_kernel.fn`` is the plain JIT function.
-forward_kernel = triton.autotune(FORWARD_CONFIGS, key=['n_tokens', 'num_modes'])(
-    triton.jit(_forward_kernel))
+        carry = last_row(entering, BLOCK_M)
 
 
 @triton.jit
 def param_grad_kernel(u_ptr, gy_ptr, log_a_ptr, w_ptr, gw_ptr, gl_ptr, gd_ptr, n_tokens,
-                      channels, num_modes, REVERSE: tl.constexpr, BLOCK_C: tl.constexpr,
-                      K: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_b = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_c, mask_c, mask_ck, log_a, w = tile_setup(log_a_ptr, w_ptr, pid_c, channels,
-                                                   num_modes, BLOCK_C, K)
-    a3 = tl.broadcast_to(tl.exp(log_a)[:, :, None], (BLOCK_C, K, BLOCK_N))
-    base = (pid_b * channels + offs_c).to(tl.int64)[:, None] * n_tokens
-    h_state = tl.zeros((BLOCK_C, K), dtype=tl.float32)
-    q_state = tl.zeros((BLOCK_C, K), dtype=tl.float32)
-    acc_w = tl.zeros((BLOCK_C, K), dtype=tl.float32)
-    acc_l = tl.zeros((BLOCK_C, K), dtype=tl.float32)
-    acc_d = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for start in range(0, n_tokens, BLOCK_N):
-        u_ptrs, mask = token_tile(u_ptr, base, start, n_tokens, mask_c, REVERSE, BLOCK_N)
-        g_ptrs, _ = token_tile(gy_ptr, base, start, n_tokens, mask_c, REVERSE, BLOCK_N)
-        u = tl.load(u_ptrs, mask=mask, other=0.0).to(tl.float32)
-        gy = tl.load(g_ptrs, mask=mask, other=0.0).to(tl.float32)
-        h = chunk_scan(a3, tl.broadcast_to(u[:, None, :], (BLOCK_C, K, BLOCK_N)), h_state)
-        q = chunk_scan(a3, h, q_state)
-        g3 = gy[:, None, :]
-        acc_w += tl.sum(g3 * h, axis=2)
-        acc_l += tl.sum(g3 * (q - h), axis=2)
-        acc_d += tl.sum(gy * u, axis=1)
-        h_state = last_token(h, BLOCK_N)
-        q_state = last_token(q, BLOCK_N)
-    row = (pid_b * channels + offs_c).to(tl.int64)
-    out_ck = row[:, None] * num_modes + tl.arange(0, K)[None, :]
-    tl.store(gw_ptr + out_ck, acc_w, mask=mask_ck)
-    tl.store(gl_ptr + out_ck, acc_l * w, mask=mask_ck)
-    tl.store(gd_ptr + row, acc_d, mask=mask_c)
+                      channels, num_modes, REVERSE: tl.constexpr, K: tl.constexpr,
+                      PRECISION: tl.constexpr, CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per-sequence parameter gradients ``∂w``, ``∂log ā`` (``[B·C, k]``) and ``∂d`` (``[B·C]``)
+    of ``Σ gy·y`` (grid ``B·C``; see :mod:`~mmlrf.attention.dynamics_triton` for the maths)."""
+    row = tl.program_id(0)
+    ch = row % channels
+    base = row.to(tl.int64) * n_tokens
+    log_a, w, inject_t, powers, chunk_decay, carry_decay = mode_operators(
+        log_a_ptr, w_ptr, ch, num_modes, K, CHUNK, BLOCK_M)
+    offs_t = tl.arange(0, CHUNK)
+    inject_lag_t = inject_t * (CHUNK - 1 - offs_t)[None, :].to(tl.float32)
+    powers_lag = powers * (offs_t + 1)[None, :].to(tl.float32)
+    chunk_cross = chunk_decay * CHUNK
+    carry_cross = carry_decay * (CHUNK * (tl.arange(0, BLOCK_M) + 1))[None, :].to(tl.float32)
+    carry_e = tl.zeros((K,), dtype=tl.float32)
+    carry_f = tl.zeros((K,), dtype=tl.float32)
+    acc_w = tl.zeros((K,), dtype=tl.float32)
+    acc_l = tl.zeros((K,), dtype=tl.float32)
+    pairs = tl.zeros((CHUNK, CHUNK), dtype=tl.float32)
+    for start in range(0, n_tokens, BLOCK_M * CHUNK):
+        u, _ = load_group(u_ptr, base, start, n_tokens, REVERSE, CHUNK, BLOCK_M)
+        u_prev, _ = load_group(u_ptr, base, start - CHUNK, n_tokens, REVERSE, CHUNK, BLOCK_M)
+        gy, _ = load_group(gy_ptr, base, start, n_tokens, REVERSE, CHUNK, BLOCK_M)
+        u_prev_t = tl.trans(u_prev)
+        gy_t = tl.trans(gy)
+        prev_end = tl.dot(inject_t, u_prev_t, input_precision=PRECISION)  # [K, M]
+        prev_end_lag = tl.dot(inject_lag_t, u_prev_t, input_precision=PRECISION)
+        _, _, state, state_lag = tl.associative_scan(
+            (chunk_decay, chunk_cross, prev_end, prev_end_lag), axis=1, combine_fn=combine_pair)
+        state += carry_decay * carry_e[:, None]
+        state_lag += carry_decay * carry_f[:, None] + carry_cross * carry_e[:, None]
+        gy_pow = tl.dot(powers, gy_t, input_precision=PRECISION)  # [K, M]
+        gy_pow_lag = tl.dot(powers_lag, gy_t, input_precision=PRECISION)
+        acc_w += tl.sum(state * gy_pow, axis=1)
+        acc_l += tl.sum(state * gy_pow_lag + state_lag * gy_pow, axis=1)
+        pairs += tl.dot(gy_t, u, input_precision=PRECISION)  # [CHUNK (t), CHUNK (s)]
+        carry_e = last_row(state, BLOCK_M)
+        carry_f = last_row(state_lag, BLOCK_M)
+    # Pairs inside one chunk: lag t − s ≥ 0, summed over all chunks in `pairs`.
+    lag = offs_t[:, None] - offs_t[None, :]
+    lag_f = tl.maximum(lag, 0).to(tl.float32)
+    offs_k = tl.arange(0, K)
+    for j in range(0, num_modes):
+        decay = tl.where(lag >= 0, tl.exp(tl.load(log_a_ptr + ch * num_modes + j) * lag_f), 0.0)
+        weighted = pairs * decay
+        acc_w += tl.where(offs_k == j, tl.sum(tl.sum(weighted, axis=1), axis=0), 0.0)
+        acc_l += tl.where(offs_k == j, tl.sum(tl.sum(weighted * lag_f, axis=1), axis=0), 0.0)
+    out = row.to(tl.int64) * num_modes + offs_k
+    mask_k = offs_k < num_modes
+    tl.store(gw_ptr + out, acc_w, mask=mask_k)
+    tl.store(gl_ptr + out, acc_l * w, mask=mask_k)
+    tl.store(gd_ptr + row, tl.sum(tl.sum(tl.where(lag == 0, pairs, 0.0), axis=1), axis=0))

@@ -5,6 +5,8 @@ For each case (shape, dtype) and each evaluation path (``triton``, ``scan``, ``f
 
 - time: median of CUDA-event-timed repeats after warm-up (``perf_counter`` on CPU), forward
   under ``no_grad`` and forward + backward (``y.backward(g)``, gradients of x and parameters);
+- the ``triton`` forward + backward split into the Triton kernels alone (``triton kernels
+  fwd+bwd``) and the parameter path alone (``params fwd+bwd``: diagonalisation, no tokens);
 - extra memory: ``max_memory_allocated`` above the baseline that already holds the input, the
   upstream gradient and the cached parameters, minus the results themselves (the output ``y``;
   for forward + backward also ``x.grad``), reported in bytes and relative to the output tensor;
@@ -185,7 +187,34 @@ def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float) 
 
         record(f'{mode} fwd+bwd', train_step, 2 * out_bytes, check_grad)
         del xg
+        if mode == 'triton':
+            kernel_rows(module, x, g, record, out_bytes)
     return rows
+
+
+def kernel_rows(module: DendriticDynamics, x: torch.Tensor, g: torch.Tensor, record,
+                out_bytes: int) -> None:
+    """Split ``triton fwd+bwd`` into its parts: the Triton kernels alone (``triton_scan`` on
+    leaf fp32 modal parameters, forward + backward of x and the parameters) and the parameter
+    path alone (diagonalisation + discretisation, forward + backward, no tokens)."""
+    from mmlrf.attention.dynamics_triton import triton_scan
+    with torch.no_grad():
+        log_a, b, c = (p[0] for p in module.modal_parameters())
+    leaves = [t.float().contiguous().requires_grad_() for t in (log_a, b * c, module.d)]
+    xs = x.detach().flatten(2).requires_grad_()
+    gs = g.flatten(2)
+
+    def kernels():
+        triton_scan(xs, *leaves).backward(gs)
+        for t in [xs] + leaves:
+            t.grad = None
+
+    def parameters():
+        sum(p.sum() for p in module.modal_parameters()).backward()
+        module.zero_grad(set_to_none=True)
+
+    record('triton kernels fwd+bwd', kernels, 2 * out_bytes)
+    record('params fwd+bwd', parameters, 0)
 
 
 def format_row(row: dict) -> str:
@@ -220,8 +249,12 @@ def main(argv=None) -> None:
         if device.type == 'cuda':
             torch.cuda.empty_cache()
     try:
-        from mmlrf.attention.scan_triton import forward_kernel
-        info['triton_configs'] = {str(k): str(v) for k, v in forward_kernel.cache.items()}
+        from mmlrf.attention.dynamics_triton import TUNED_FORWARD
+        info['triton_configs'] = {str((key, tuned_key)): str(config)
+                                  for key, tuned in TUNED_FORWARD.items()
+                                  for tuned_key, config in tuned.cache.items()}
+        info['triton_candidates'] = {str(key): [str(c) for c in tuned.configs]
+                                     for key, tuned in TUNED_FORWARD.items()}
     except Exception:  # no triton / no GPU: nothing was tuned
         info['triton_configs'] = None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

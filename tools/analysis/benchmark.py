@@ -51,6 +51,9 @@ def parse_args(argv=None):
     p.add_argument('--smoke', action='store_true',
                    help='shrink the cases to a quick dry run (toy model, tiny operators)')
     p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
+    p.add_argument('--cudnn-benchmark', action='store_true',
+                   help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
+                        'default here: off)')
     p.add_argument('--out', default='work_dirs/benchmark/benchmark',
                    help='output prefix: writes <out>.json and <out>.png')
     return p.parse_args(argv)
@@ -60,6 +63,7 @@ def main(argv=None):
     args = parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     highlights = None
     if args.preset:
         cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
