@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU benchmark suite (issue 5 targets + issue 4 GPU rows), ~6 minutes on one H200.
+# One-shot GPU check + benchmark suite (issue 5 targets + issue 4 GPU rows), ~5 minutes on one H200.
 #
 #   tools/analysis/gpu_suite.sh --prepare   # HERE (dev machine): copy the pure-Python OpenMMLab
 #                                           # packages of .venv into .gpu_site/ for carrying
@@ -10,8 +10,8 @@
 # pyyaml, but no OpenMMLab: mmcv imports cv2 at import time, so mmseg (and therefore mmlrf) need
 # opencv, which the image has; the rest (mmengine, mmcv-lite, mmsegmentation, mmpretrain and
 # their small pure-Python deps) travels in .gpu_site (about 27 MB, ignored by git).
-# Writes at most 7 files to $OUT: issue5.{json,png}, issue4.{json,png}, sweep.{json,png},
-# suite.log. TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
+# Writes 8 files to $OUT: dynamics.json, issue5.{json,png}, issue5_tf32.{json,png},
+# sweep.{json,png}, suite.log. (--preset issue4 is a subset of issue5 + sweep on GPU.) TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SITE_PKGS=(addict ftfy importlib_metadata lazy_importer mmcv mmengine mmpretrain mmseg modelindex
@@ -39,24 +39,35 @@ mkdir -p "$OUT"
 LOG="$OUT/suite.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/.gpu_site${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+MODEL=configs/_base_/models/fpn_sdtv3.py
 if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
-    LIMIT=600
+    LIMIT=600 SMOKE=1 RES_FAST=64x128
 else
-    ARGS=(--device cuda --warmup 3 --repeats 10)
-    LIMIT=150
+    ARGS=(--device cuda --warmup 2 --repeats 5)
+    LIMIT=95 SMOKE='' RES_FAST=1024x2048
 fi
 
 {
     date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
     $PY -c "import torch, mmlrf, mmseg, mmengine; print('torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__version__)" || exit 1
-    # issue 5 targets first (most important), then the issue 4 acceptance run, then the sweep
+    if [[ -z "${SMOKE}" ]]; then
+        # the Triton kernels' correctness on this GPU first (forward and gradients vs float64 FFT)
+        timeout 60 $PY -m pytest tests/test_dynamics_fast.py -q -k "triton or cuda" \
+            -p no:cacheprovider 2>&1 | tail -4
+    fi
+    # the dendritic operator alone: floor, triton / scan / fft, fp32 and bf16
+    timeout 65 $PY tools/analysis/bench_dynamics_gpu.py ${SMOKE:+--smoke} --budget 45 \
+        --out "$OUT/dynamics.json" | grep -v Warning
+    # issue 5 targets (TF32 off: fp32 as the parity check needs it)
     timeout $LIMIT $PY tools/analysis/benchmark.py --preset issue5 "${ARGS[@]}" --out "$OUT/issue5"
-    timeout $((LIMIT / 2)) $PY tools/analysis/benchmark.py --preset issue4 "${ARGS[@]}" \
-        --out "$OUT/issue4"
-    timeout $LIMIT $PY tools/analysis/benchmark.py --preset sweep "${ARGS[@]}" --repeats 5 \
-        --out "$OUT/sweep"
+    # the whole-model rows again with PyTorch/mmseg's usual speed settings (TF32, cuDNN autotune)
+    timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
+        --tf32 --cudnn-benchmark --out "$OUT/issue5_tf32"
+    # issue 4 rows: 19M official vs LRF-SSA vs LRF-Dyn, 512x512 / 1024x2048, batch 1 / 8
+    timeout $LIMIT $PY tools/analysis/benchmark.py --preset sweep "${ARGS[@]}" --out "$OUT/sweep"
     date -u
 } 2>&1 | tee "$LOG"
