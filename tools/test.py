@@ -38,11 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def enable_show_dir(cfg: Config, show_dir: str) -> None:
-    """Make the ``SegVisualizationHook`` draw test predictions into ``show_dir``."""
+    """Make the ``SegVisualizationHook`` draw every test prediction into ``show_dir``."""
     if 'visualization' not in cfg.default_hooks:
         raise ValueError("--show-dir needs default_hooks.visualization "
                          "(dict(type='SegVisualizationHook'))")
-    cfg.default_hooks.visualization.draw = True
+    cfg.default_hooks.visualization.update(draw=True, interval=1)
     cfg.visualizer.save_dir = show_dir
 
 

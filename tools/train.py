@@ -11,6 +11,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+from typing import Any
 
 import mmlrf  # noqa: F401  (must precede mmseg: compat fixes + registration)
 from mmengine.config import Config, DictAction
@@ -38,9 +39,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def set_data_root(cfg: Config, data_root: str) -> None:
+    """Set ``data_root`` of every dataloader's data set (through wrappers such as
+    ``RepeatDataset``' ``dataset`` key)."""
+    for name in DATALOADERS:
+        dataset = (cfg.get(name) or {}).get('dataset')
+        while dataset is not None:
+            if 'data_root' in dataset:
+                dataset['data_root'] = data_root
+            dataset = dataset.get('dataset')
+
+
 def load_config(config: str, work_dir: str | None, cfg_options: dict | None,
                 launcher: str) -> Config:
     """Load ``config``, apply ``--cfg-options`` and resolve the work dir (CLI > file > name).
+
+    A top-level ``data_root=PATH`` option also sets the root of every dataloader's data set.
 
     Raises:
         FileNotFoundError: if ``config`` does not exist.
@@ -51,11 +68,34 @@ def load_config(config: str, work_dir: str | None, cfg_options: dict | None,
     cfg.launcher = launcher
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+        if 'data_root' in cfg_options:
+            set_data_root(cfg, cfg_options['data_root'])
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return cfg
+
+
+def check_pretrained(cfg: Any, key: str = 'model') -> None:
+    """Refuse to start when a ``Pretrained`` init checkpoint is a missing local file.
+
+    Raises:
+        FileNotFoundError: naming the config key, the path and how to set it.
+    """
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'Pretrained':
+            path = cfg.get('checkpoint')
+            if isinstance(path, str) and '://' not in path and not osp.isfile(path):
+                raise FileNotFoundError(
+                    f'pretrained checkpoint {path!r} ({key}.checkpoint) not found; set it with '
+                    f'the MMLRF_PRETRAINED environment variable or --cfg-options '
+                    f'{key}.checkpoint=PATH (refusing to train from scratch silently)')
+        for name, value in cfg.items():
+            check_pretrained(value, f'{key}.{name}')
+    elif isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            check_pretrained(value, f'{key}[{i}]')
 
 
 def enable_amp(cfg: Config) -> None:
@@ -80,6 +120,7 @@ def main(argv: list[str] | None = None) -> Runner:
     if args.amp:
         enable_amp(cfg)
     cfg.resume = args.resume
+    check_pretrained(cfg.model)
     runner = build_runner(cfg)
     runner.train()
     return runner

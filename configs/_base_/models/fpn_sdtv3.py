@@ -18,8 +18,7 @@ model = dict(
         num_heads=8,
         mlp_ratio=4,
         attn=dict(type='SSA', order='qk'),
-        out_indices=(0, 1, 2, 3),
-        init_cfg=None),
+        out_indices=(0, 1, 2, 3)),
     # Neck and head neurons: MultiSpike D=4 normalised by T=4 (official QFPN / QFPNHead).
     neck=dict(type='SpikingFPN', in_channels=[32, 64, 128, 360], out_channels=128, num_outs=4),
     decode_head=dict(

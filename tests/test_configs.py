@@ -1,0 +1,203 @@
+"""Every segmentation config builds its model and trains; ADE20K / Cityscapes / UPerHead configs
+run 2 training iterations (+ validation) on generated images in the data sets' real layouts
+through mmseg's own ADE20KDataset / CityscapesDataset."""
+import copy
+import glob
+import os.path as osp
+
+import mmlrf  # noqa: F401  (first: compat fixes + registration)
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SEG_CONFIGS = sorted(
+    p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+    if '_base_' not in p.split(osp.sep) and osp.sep + 'imagenet' + osp.sep not in p)
+# Reduced widths, same component types: the full-width channel wiring is checked separately.
+SMALL_BACKBONE = {
+    'SDTV3': dict(arch=None, embed_dims=[16, 32, 32, 32]),
+    'Spikformer': dict(arch=dict(embed_dims=32, depth=4, num_heads=4), T=2),
+    'QKFormer': dict(arch=dict(embed_dims=32, depths=(1, 1, 1), num_heads=4), T=2),
+}
+
+register_all_modules(init_default_scope=True)
+
+
+def _rel(path):
+    return osp.relpath(path, ROOT)
+
+
+def _load(path):
+    return Config.fromfile(path)
+
+
+def _head_in_channels(model_cfg):
+    """Channels the config wires into the first module after the backbone."""
+    if model_cfg.get('neck'):
+        return list(model_cfg.neck.in_channels)
+    return list(model_cfg.decode_head.in_channels)
+
+
+SIZE = 32
+
+
+def shrink_model(model_cfg):
+    """Reduced-width copy of ``model_cfg`` (no pretrained init, ``SIZE``-pixel padding) with
+    consistent wiring."""
+    model_cfg = copy.deepcopy(model_cfg)
+    model_cfg.data_preprocessor.size = (SIZE, SIZE)
+    backbone = model_cfg.backbone
+    backbone.update(SMALL_BACKBONE[backbone.type], init_cfg=None)
+    channels = list(MODELS.build(backbone).out_channels)
+    if model_cfg.get('neck'):
+        model_cfg.neck.update(in_channels=channels, out_channels=16)
+        model_cfg.decode_head.update(in_channels=[16] * len(channels), channels=16)
+    else:  # mmseg head directly on the backbone (UPerHead)
+        model_cfg.decode_head.update(in_channels=channels, channels=16)
+    if model_cfg.get('auxiliary_head'):
+        aux = model_cfg.auxiliary_head
+        aux.update(in_channels=channels[aux.in_index], channels=16)
+    return model_cfg
+
+
+@pytest.mark.parametrize('path', SEG_CONFIGS, ids=_rel)
+def test_full_width_wiring(path):
+    """The full-size backbone's real output channels are what the neck/head expect."""
+    cfg = _load(path)
+    backbone = copy.deepcopy(cfg.model.backbone)
+    backbone.init_cfg = None
+    with torch.device('meta'):
+        model = MODELS.build(backbone)
+    assert list(model.out_channels) == _head_in_channels(cfg.model)
+    head = cfg.model.decode_head
+    if 'feature_strides' in head:
+        assert list(head.feature_strides) == [model.strides[i] for i in head.in_index]
+
+
+def _model_groups():
+    """Configs grouped by their reduced-width model config: the forward/backward computation is
+    a function of that config only, so one run per group covers every config in it."""
+    groups = {}
+    for path in SEG_CONFIGS:
+        model_cfg = shrink_model(_load(path).model)
+        groups.setdefault(Config(dict(model=model_cfg)).pretty_text, []).append(path)
+    return sorted(groups.values())
+
+
+MODEL_GROUPS = _model_groups()
+
+
+def test_groups_cover_every_config():
+    assert sorted(p for g in MODEL_GROUPS for p in g) == SEG_CONFIGS
+    assert len(SEG_CONFIGS) >= 20
+
+
+@pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
+def test_forward_backward(paths):
+    """Each config builds its (reduced-width) model; one forward/backward per model group."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    models = [MODELS.build(shrink_model(_load(p).model)) for p in paths]
+    model = models[0].train()
+    size = SIZE
+    samples = []
+    for _ in range(2):
+        sample = SegDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
+                                             ori_shape=(size, size)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 5, (1, size, size)))
+        samples.append(sample)
+    data = model.data_preprocessor(
+        dict(inputs=list(torch.rand(2, 3, size, size) * 255), data_samples=samples), True)
+    losses = model(**data, mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.backbone.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+    logits = model(data['inputs'], mode='tensor')
+    assert logits.shape[:2] == (2, model.decode_head.num_classes)
+
+
+def _write_ade(root, n=2, size=(48, 40)):
+    rng = np.random.default_rng(0)
+    for split in ('training', 'validation'):
+        for i in range(n):
+            name = f'ADE_{split[:5]}_{i:08d}'
+            img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            ann = rng.integers(0, 151, size, dtype=np.uint8)  # 0 = other, 1..150 classes
+            for d, ext, arr in (('images', '.jpg', img), ('annotations', '.png', ann)):
+                out = osp.join(root, d, split)
+                cv2.imwrite(osp.join(_mkdir(out), name + ext), arr)
+
+
+def _write_cityscapes(root, n=2, size=(32, 64)):
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        for i in range(n):
+            stem = f'aachen_{i:06d}_000019'
+            img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            ann = rng.integers(0, 19, size, dtype=np.uint8)
+            cv2.imwrite(osp.join(_mkdir(osp.join(root, 'leftImg8bit', split, 'aachen')),
+                                 stem + '_leftImg8bit.png'), img)
+            cv2.imwrite(osp.join(_mkdir(osp.join(root, 'gtFine', split, 'aachen')),
+                                 stem + '_gtFine_labelTrainIds.png'), ann)
+
+
+def _mkdir(path):
+    import os
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _small_pipelines(cfg, crop):
+    """Keep each pipeline's transforms but scale resize/crop sizes down to ``crop``."""
+    cfg.train_dataloader.sampler = dict(type='InfiniteSampler', shuffle=True)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        for t in cfg[loader].dataset.pipeline:
+            if t.type in ('RandomResize', 'Resize'):
+                t.scale = (2 * crop[1], crop[0])
+            if t.type == 'RandomCrop':
+                t.crop_size = crop
+        cfg[loader].update(batch_size=2 if loader == 'train_dataloader' else 1, num_workers=0,
+                           persistent_workers=False)
+
+
+@pytest.mark.parametrize('config,writer,dataset_type', [
+    ('configs/lrfdyn_ade20k.py', _write_ade, 'ADE20KDataset'),
+    ('configs/sdtv3/upernet_sdtv3-19m-lrfdyn_8xb2-160k_ade20k-512x512.py', _write_ade,
+     'ADE20KDataset'),
+    ('configs/sdtv3/fpn_sdtv3-19m-lrfdyn_8xb2-80k_cityscapes-512x1024.py', _write_cityscapes,
+     'CityscapesDataset'),
+])
+def test_two_training_iterations_on_real_layout(tmp_path, config, writer, dataset_type):
+    data_root = str(tmp_path / 'data')
+    writer(data_root)
+    cfg = _load(osp.join(ROOT, config))
+    assert cfg.train_dataloader.dataset.type == dataset_type
+    crop = (SIZE, SIZE)
+    cfg.model = shrink_model(cfg.model)
+    if cfg.model.test_cfg.mode == 'slide':
+        cfg.model.test_cfg.update(crop_size=crop, stride=(16, 16))
+    _small_pipelines(cfg, crop)
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[loader].dataset.data_root = data_root
+    cfg.train_cfg.update(max_iters=2, val_interval=2)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0,
+                                end=2)]
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.interval = 2
+    cfg.work_dir = str(tmp_path / 'work')
+    cfg.env_cfg.cudnn_benchmark = False
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert runner.iter == 2
+    assert osp.isfile(osp.join(cfg.work_dir, 'iter_2.pth'))
+    scalars = runner.message_hub.log_scalars
+    assert 'val/mIoU' in scalars and np.isfinite(scalars['val/mIoU'].current())

@@ -1,0 +1,66 @@
+"""The command-line tools as a user runs them: make_toy_dataset → train → test → demo."""
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOY_CONFIG = osp.join(ROOT, 'configs', 'toy', 'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+
+
+def _run(*args, cwd, ok=True):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == ok, out[-3000:]
+    return out
+
+
+def _miou(log):
+    values = re.findall(r'mIoU: ([0-9.]+)', log)
+    assert values, log[-2000:]
+    return float(values[-1])
+
+
+def test_train_test_demo(tmp_path):
+    data = str(tmp_path / 'toy')
+    _run(osp.join(ROOT, 'tools', 'dataset', 'make_toy_dataset.py'), data, '--num-train', '8',
+         '--num-val', '3', '--size', '32', cwd=tmp_path)
+    opts = ['--cfg-options', f'data_root={data}', 'train_cfg.max_iters=3',
+            'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=3',
+            'model.data_preprocessor.size=(32,32)', 'train_dataloader.batch_size=2']
+    train_log = _run(osp.join(ROOT, 'tools', 'train.py'), TOY_CONFIG, '--work-dir', 'work',
+                     *opts, cwd=tmp_path)
+    ckpt = tmp_path / 'work' / 'iter_3.pth'
+    assert ckpt.is_file()
+    test_log = _run(osp.join(ROOT, 'tools', 'test.py'), TOY_CONFIG, str(ckpt), '--work-dir',
+                    'work_test', '--show-dir', 'shown', *opts[:2], cwd=tmp_path)
+    assert _miou(test_log) == pytest.approx(_miou(train_log))  # test reproduces validation
+    shown = os.listdir(tmp_path / 'shown' / 'vis_data' / 'vis_image')
+    assert len(shown) == 3  # one painted prediction per validation image
+    image = osp.join(data, 'images', 'validation', 'toy_00000.png')
+    out = tmp_path / 'overlay.png'
+    _run(osp.join(ROOT, 'tools', 'demo.py'), image, TOY_CONFIG, str(ckpt), '--out', str(out),
+         '--opacity', '0.6', cwd=tmp_path)
+    overlay = cv2.imread(str(out))
+    assert overlay is not None and overlay.shape == (32, 32, 3)
+    assert (overlay != cv2.imread(image)).any()  # the segmentation is painted on
+
+
+def test_clear_errors_for_missing_files(tmp_path):
+    out = _run(osp.join(ROOT, 'tools', 'train.py'), 'missing.py', cwd=tmp_path, ok=False)
+    assert "config file not found: 'missing.py'" in out
+    out = _run(osp.join(ROOT, 'tools', 'test.py'), TOY_CONFIG, 'missing.pth', cwd=tmp_path,
+               ok=False)
+    assert "checkpoint file not found: 'missing.pth'" in out
+    out = _run(osp.join(ROOT, 'tools', 'demo.py'), 'missing.png', TOY_CONFIG, 'x.pth', '--out',
+               'o.png', cwd=tmp_path, ok=False)
+    assert "image file not found: 'missing.png'" in out
+    out = _run(osp.join(ROOT, 'tools', 'train.py'), osp.join(ROOT, 'configs', 'lrfdyn_ade20k.py'),
+               cwd=tmp_path, ok=False)
+    assert 'pretrained checkpoint' in out and 'MMLRF_PRETRAINED' in out
