@@ -76,9 +76,10 @@ def install_mmcv_ext_stand_in() -> bool:
     return True
 
 
-#: dtypes of the numpy arrays/scalars in a Runner checkpoint's message hub (log values are
-#: float64, counts int64).
-_CHECKPOINT_DTYPES = ('float64', 'int64')
+#: dtypes of the numpy arrays/scalars in a Runner checkpoint's message hub: logged values keep
+#: the dtype of whatever was logged (metrics, losses, counts), so every real/bool dtype.
+_CHECKPOINT_DTYPES = ('bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'uint16', 'uint32',
+                      'uint64', 'float16', 'float32', 'float64')
 #: The four statistics methods mmengine's ``HistoryBuffer`` pickles by reference.
 _HISTORY_BUFFER_METHODS = ('min', 'max', 'current', 'mean')
 

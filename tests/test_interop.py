@@ -35,6 +35,13 @@ TINY_SDTV3 = dict(type='SDTV3', arch=None, embed_dims=[8, 16, 32, 32], num_heads
 
 
 # --------------------------------------------------------------------------- mmpretrain
+
+def _build_classifier(cfg):
+    """Build from mmpretrain's registry in its own scope (the suite runs in 'mmseg')."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        return CLS_MODELS.build(cfg)
+
 def test_imagenet_configs_cover_table1():
     names = {tuple(p.name.split('_')[0].rsplit('-', 1)) for p in IMAGENET_CONFIGS}
     assert names == TABLE1
@@ -47,15 +54,6 @@ PAPER_PARAMS_M = {'spikformer-8-512': 29.68, 'spikformer-8-768': 66.34, 'qkforme
 MIXER_CLASS = {'ssa': 'SSA', 'lrfssa': 'LRFSSA', 'lrfdyn': 'LRFDyn'}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine two threads are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def full_size_classifiers() -> dict:
     """Every ImageNet config's ImageClassifier at full size, built on the meta device (no memory,
@@ -64,7 +62,7 @@ def full_size_classifiers() -> dict:
     for path in IMAGENET_CONFIGS:
         cfg = Config.fromfile(path)
         with torch.device('meta'):
-            built[tuple(path.name.split('_')[0].rsplit('-', 1))] = (cfg, CLS_MODELS.build(cfg.model))
+            built[tuple(path.name.split('_')[0].rsplit('-', 1))] = (cfg, _build_classifier(cfg.model))
     return built
 
 
@@ -119,16 +117,6 @@ class GeneratedClsImages(torch.utils.data.Dataset):
         return dict(inputs=self.images[i], data_samples=DataSample().set_gt_label(self.labels[i]))
 
 
-@pytest.fixture
-def restore_default_scope():
-    """A Runner leaves its default scope as the current one; later registry builds would use it."""
-    from mmengine.registry import DefaultScope
-    saved = copy.copy(DefaultScope._instance_dict)
-    yield
-    DefaultScope._instance_dict.clear()
-    DefaultScope._instance_dict.update(saved)
-
-
 def _tiny_imagenet_cfg() -> Config:
     cfg = Config.fromfile(ROOT / 'configs/imagenet/sdtv3-s-lrfdyn_8xb64_in1k.py')
     cfg.model.backbone.update(TINY_SDTV3)
@@ -145,7 +133,7 @@ def _changed_and_finite(before: dict, after: dict) -> list:
 def test_image_classifier_trains_two_iterations_without_torchvision():
     """mmpretrain's ImageClassifier (+ ClsDataPreprocessor, LinearClsHead) with our backbone."""
     import sys
-    model = CLS_MODELS.build(_tiny_imagenet_cfg().model)
+    model = _build_classifier(_tiny_imagenet_cfg().model)
     model.init_weights()
     data = GeneratedClsImages(n=4)
     batch = dict(inputs=[data[i]['inputs'] for i in range(4)],
@@ -160,7 +148,7 @@ def test_image_classifier_trains_two_iterations_without_torchvision():
     assert 'torchvision' not in sys.modules  # the import-time stand-in is gone again
 
 
-def test_imagenet_config_runner_trains_two_iterations(tmp_path, restore_default_scope):
+def test_imagenet_config_runner_trains_two_iterations(tmp_path):
     """The shipped config through mmengine's Runner (default_scope='mmpretrain')."""
     from mmengine.runner import Runner
     cfg = _tiny_imagenet_cfg()
@@ -181,7 +169,7 @@ def test_imagenet_config_runner_trains_two_iterations(tmp_path, restore_default_
     assert (tmp_path / 'iter_2.pth').is_file()  # written by the atomic backend
 
 
-def test_imagenet_pipelines_run_and_torchvision_uses_fail_clearly(tmp_path, restore_default_scope):
+def test_imagenet_pipelines_run_and_torchvision_uses_fail_clearly(tmp_path):
     """The configs' ImageNet pipelines need no torchvision; a transform that does names it."""
     import cv2
     import numpy as np
@@ -402,7 +390,7 @@ def test_classifier_checkpoint_into_segmentation_backbone(tmp_path):
     """An mmpretrain ImageClassifier's checkpoint initialises the same backbone in mmseg."""
 
     cfg = {k: v for k, v in TINY_SDTV3.items() if k != 'type'}
-    classifier = CLS_MODELS.build(dict(
+    classifier = _build_classifier(dict(
         type='ImageClassifier', backbone=dict(TINY_SDTV3, out_indices=(3, )),
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='LinearClsHead', num_classes=3, in_channels=32)))

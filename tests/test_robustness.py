@@ -28,15 +28,6 @@ TINY = {
 }
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine two threads are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _good_and_half(path: Path) -> tuple[dict, bytes]:
     state = {'state_dict': {'w': torch.arange(2000.)}, 'meta': {'iter': 1}}
     save_checkpoint(state, str(path))

@@ -21,15 +21,6 @@ from mmseg.registry import DATASETS, HOOKS, MODELS
 from mmseg.structures import SegDataSample
 
 
-@pytest.fixture(scope='module', autouse=True)
-def single_thread():
-    """One intra-op thread: on a shared, loaded 2-core machine two threads are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- numerics
 def _lrf_dyn_block() -> nn.Module:
     return MODELS.build(dict(type='SpikingAttention', embed_dims=8, num_heads=2,

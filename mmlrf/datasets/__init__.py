@@ -1,4 +1,6 @@
-"""Data sets (registered in ``mmseg.registry.DATASETS``)."""
+"""Data sets and loading transforms (registered in mmseg's ``DATASETS`` / ``TRANSFORMS``)."""
+from .loading import ImageFileError, LoadImageFromFileChecked
 from .toy import TOY_CLASSES, ToyTextureDataset, make_toy_dataset, make_toy_sample
 
-__all__ = ['TOY_CLASSES', 'ToyTextureDataset', 'make_toy_dataset', 'make_toy_sample']
+__all__ = ['ImageFileError', 'LoadImageFromFileChecked', 'TOY_CLASSES', 'ToyTextureDataset',
+           'make_toy_dataset', 'make_toy_sample']

@@ -14,10 +14,9 @@ Two mmengine extension points, both installed by importing this module:
   ``torch.load``'s low-level errors on a truncated or corrupt file into
   :class:`CorruptCheckpointError` naming the file. It is the stock loader otherwise (same
   ``FileNotFoundError`` for a missing file). ``torch.load`` runs with ``weights_only=True`` (the
-  torch >= 2.6 default) plus an allowlist of the globals mmengine's own Runner checkpoints hold
-  (:func:`runner_checkpoint_globals`: numpy scalars/arrays/dtypes and ``HistoryBuffer`` of the
-  message hub, which pickles through ``builtins.getattr``); without it ``--resume`` fails on
-  torch >= 2.6. Any other global is still refused by torch's safe unpickler.
+  torch >= 2.6 default); the few non-tensor globals of mmengine's Runner checkpoints are
+  allow-listed once, exactly, by :func:`mmlrf.compat.allow_mmengine_checkpoint_types`. Any other
+  global is still refused by torch's safe unpickler.
 """
 from __future__ import annotations
 
@@ -79,16 +78,6 @@ class AtomicLocalBackend(LocalBackend):
         atomic_write(obj, filepath, encoding=encoding)
 
 
-def runner_checkpoint_globals() -> list:
-    """The non-tensor globals in a checkpoint written by mmengine's Runner (resume state)."""
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-    multiarray = getattr(np, '_core', None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith('DType')]
-    return [multiarray.multiarray.scalar, multiarray.multiarray._reconstruct, np.ndarray,
-            np.dtype, *dtypes, HistoryBuffer, getattr]
-
-
 @CheckpointLoader.register_scheme(prefixes='', force=True)
 def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
     """Load a local checkpoint, naming the file when it is missing or unreadable.
@@ -108,8 +97,7 @@ def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     try:
-        with torch.serialization.safe_globals(runner_checkpoint_globals()):
-            return torch.load(filename, map_location=map_location, weights_only=True)
+        return torch.load(filename, map_location=map_location, weights_only=True)
     except Exception as err:
         if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(filename):
             raise  # an intact archive holding types weights_only refuses: torch's message fits

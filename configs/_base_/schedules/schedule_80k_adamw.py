@@ -6,4 +6,6 @@ param_scheduler = [
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=1500, end=max_iters),
 ]
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=8000)
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=8000))
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=8000,
+                    backend_args=dict(backend='atomic_local')))

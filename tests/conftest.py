@@ -1,0 +1,22 @@
+"""Suite-wide test settings."""
+import pytest
+import torch
+from mmengine.registry import DefaultScope
+
+
+@pytest.fixture(scope='session', autouse=True)
+def single_thread():
+    """One intra-op thread: the suite's models are tiny, and on a 2-core machine (CI) two
+    OpenMP threads competing with other processes made steps 10-50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def mmseg_default_scope():
+    """Every test starts in mmseg's registry scope (what mmlrf's configs set) and cannot leak
+    the scope of a Runner it created into the next test."""
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        yield
