@@ -1,3 +1,3 @@
-# SDT-V3-S with LRF-Dyn (global term + dendritic dynamics local term).
+# SDT-V3-S with LRF-Dyn (the attention map replaced by dendritic dynamics on V + LRF branch).
 _base_ = ['./sdtv3-s-ssa_8xb64_in1k.py']
 model = dict(backbone=dict(attn=dict(_delete_=True, type='LRFDyn')))

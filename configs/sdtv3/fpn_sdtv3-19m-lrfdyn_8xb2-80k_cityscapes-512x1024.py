@@ -3,6 +3,6 @@
 _base_ = ['./fpn_sdtv3-19m-sdsa_8xb2-80k_cityscapes-512x1024.py']
 model = dict(
     backbone=dict(
-        attn=dict(_delete_=True, type='LRFDyn', token='v', num_dendrites=8, mode='fft',
+        attn=dict(_delete_=True, type='LRFDyn', token='v', num_dendrites=8, mode='auto',
                   dilations=(3, 5)),
         init_cfg=dict(checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m-lrfdyn_in1k.pth}}')))

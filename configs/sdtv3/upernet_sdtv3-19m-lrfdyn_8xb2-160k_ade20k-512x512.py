@@ -12,7 +12,7 @@ model = dict(
         _delete_=True,
         type='SDTV3',
         arch='19M',
-        attn=dict(type='LRFDyn', token='v', num_dendrites=8, mode='fft', dilations=(3, 5)),
+        attn=dict(type='LRFDyn', token='v', num_dendrites=8, mode='auto', dilations=(3, 5)),
         out_indices=(0, 1, 2, 3),
         init_cfg=dict(type='Pretrained',
                       checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m-lrfdyn_in1k.pth}}')),

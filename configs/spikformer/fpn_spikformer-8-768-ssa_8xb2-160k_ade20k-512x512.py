@@ -1,21 +1,8 @@
-# Spikformer-8-768 (official SSA attention) + spiking FPN, ADE20K 512x512, 8 GPUs x 2 = batch 16,
-# 160k iterations, the SDT-V3 segmentation protocol. Multi-step LIF, T = 4.
-# Spikformer: single-scale; the multi-scale adapter gives strides 4/8/16/32.
-# ImageNet-pretrained backbone: env MMLRF_PRETRAINED or
-# --cfg-options model.backbone.init_cfg.checkpoint=PATH (a missing file is an error).
-_base_ = [
-    '../_base_/models/fpn_sdtv3.py', '../_base_/datasets/ade20k.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/schedule_160k_adamw.py'
-]
+# Spikformer-8-768 (official SSA attention) + spiking FPN: the 8-512 config at width 768, same
+# protocol and pretrained-checkpoint rules.
+_base_ = ['./fpn_spikformer-8-512-ssa_8xb2-160k_ade20k-512x512.py']
 model = dict(
-    data_preprocessor=dict(size=(512, 512)),
     backbone=dict(
-        _delete_=True,
-        type='Spikformer',
         arch='8-768',
-        T=4,
-        attn=dict(type='SSA', order='kv', scale=0.125),
-        init_cfg=dict(type='Pretrained',
-                      checkpoint='{{$MMLRF_PRETRAINED:checkpoints/spikformer-8-768_in1k.pth}}')),
-    neck=dict(in_channels=[768, 768, 768, 768]),
-    decode_head=dict(in_channels=[128] * 4, in_index=[0, 1, 2, 3], feature_strides=[4, 8, 16, 32]))
+        init_cfg=dict(checkpoint='{{$MMLRF_PRETRAINED:checkpoints/spikformer-8-768_in1k.pth}}')),
+    neck=dict(in_channels=[768] * 4))

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..interop import StrictPretrainedMixin
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, attention_neuron,
-                             check_lif_neuron, check_mixer, check_out_indices, check_positive_int)
+                             check_lif_neuron, check_mixer, check_out_indices, check_positive_int,
+                             lookup_arch)
 
 #: Published sizes ``'depth-embed_dims'`` (HST-10-D): stage widths D/4, D/2, D with 1, 2 and 7
 #: blocks; the official models use the same head count in every stage.
@@ -141,15 +142,7 @@ class QKFormer(StrictPretrainedMixin, BaseModule):
 
     @staticmethod
     def _resolve_arch(arch: str | dict) -> tuple[int, tuple[int, int, int], int]:
-        if isinstance(arch, str):
-            if arch not in QKFORMER_ARCHS:
-                raise ValueError(f'arch must be one of {sorted(QKFORMER_ARCHS)} or a dict with '
-                                 f'keys embed_dims, depths, num_heads, got {arch!r}')
-            arch = QKFORMER_ARCHS[arch]
-        keys = {'embed_dims', 'depths', 'num_heads'}
-        if not isinstance(arch, dict) or set(arch) != keys:
-            raise ValueError(f'arch must be one of {sorted(QKFORMER_ARCHS)} or a dict with '
-                             f'exactly the keys {sorted(keys)}, got {arch!r}')
+        arch = lookup_arch(arch, QKFORMER_ARCHS, ('embed_dims', 'depths', 'num_heads'))
         embed_dims = check_positive_int(arch['embed_dims'], "arch['embed_dims']")
         num_heads = check_positive_int(arch['num_heads'], "arch['num_heads']")
         depths = arch['depths']

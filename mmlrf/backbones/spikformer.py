@@ -14,7 +14,7 @@ from ..interop import StrictPretrainedMixin
 from ..layers import seq_apply
 from ..neurons import build_neuron
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, check_lif_neuron, check_mixer,
-                             check_out_indices, check_positive_int)
+                             check_out_indices, check_positive_int, lookup_arch)
 
 #: Published sizes ``'depth-embed_dims'``. Heads: 8 for 8-512 (official ImageNet model), 12
 #: for 8-768 (head size 64); 8-384 has no official ImageNet definition, 12 heads follows the
@@ -210,15 +210,7 @@ class Spikformer(StrictPretrainedMixin, BaseModule):
 
     @staticmethod
     def _resolve_arch(arch: str | dict) -> tuple[int, int, int]:
-        if isinstance(arch, str):
-            if arch not in SPIKFORMER_ARCHS:
-                raise ValueError(f'arch must be one of {sorted(SPIKFORMER_ARCHS)} or a dict with '
-                                 f'keys embed_dims, depth, num_heads, got {arch!r}')
-            arch = SPIKFORMER_ARCHS[arch]
-        keys = {'embed_dims', 'depth', 'num_heads'}
-        if not isinstance(arch, dict) or set(arch) != keys:
-            raise ValueError(f'arch must be one of {sorted(SPIKFORMER_ARCHS)} or a dict with '
-                             f'exactly the keys {sorted(keys)}, got {arch!r}')
+        arch = lookup_arch(arch, SPIKFORMER_ARCHS, ('embed_dims', 'depth', 'num_heads'))
         embed_dims, depth, num_heads = (check_positive_int(arch[k], f'arch[{k!r}]')
                                         for k in ('embed_dims', 'depth', 'num_heads'))
         if embed_dims % 8 or embed_dims % num_heads:

@@ -63,6 +63,20 @@ def check_positive_int(value: int, name: str) -> int:
     return int(value)
 
 
+def lookup_arch(arch: str | dict, presets: dict, keys: Sequence[str]) -> dict:
+    """A preset name from ``presets`` or a dict with exactly ``keys``; else ValueError naming
+    'arch' and the allowed values."""
+    if isinstance(arch, str):
+        if arch not in presets:
+            raise ValueError(f'arch must be one of {sorted(presets)} or a dict with keys '
+                             f'{", ".join(keys)}, got {arch!r}')
+        arch = presets[arch]
+    if not isinstance(arch, dict) or set(arch) != set(keys):
+        raise ValueError(f'arch must be one of {sorted(presets)} or a dict with exactly the '
+                         f'keys {sorted(keys)}, got {arch!r}')
+    return arch
+
+
 def check_out_indices(out_indices: Sequence[int], num: int, name: str = 'out_indices'
                       ) -> tuple[int, ...]:
     """Normalise indices into ``range(num)`` (negative ones count from the end).
