@@ -10,6 +10,14 @@ from torch import Tensor, nn
 from .neurons.fused import spike_conv2d
 
 
+def check_positive_int(value: int, name: str) -> int:
+    """Return ``value`` as an int if it is a positive integer, else raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            int(value) != value or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    return int(value)
+
+
 def seq_apply(module: nn.Module, x: Tensor) -> Tensor:
     """Apply a frame-wise module to ``[T, B, ...]`` by folding T into the batch."""
     t, b = x.shape[:2]

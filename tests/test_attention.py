@@ -288,6 +288,7 @@ def test_build_lrf_branch_dynamics_and_block_from_config():
     (dict(type='LRFDyn', dilations=(0, 3)), 'dilations'),
     (dict(type='LRFDyn', token='x', v_channels=2 * CV), 'token'),
     (dict(type='LRFDyn', query_gate=True, v_channels=2 * CV), 'query_gate'),
+    (dict(type='LRFDyn', dynamics_cfg=dict(mode='fft')), 'dynamics_cfg'),
 ])
 def test_invalid_arguments(cfg, name):
     if cfg['type'] != 'LRFBranch':

@@ -8,15 +8,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import mmlrf  # noqa: E402,F401  (must precede mmseg)
-from mmengine.config import Config, DictAction  # noqa: E402
-from train import build_runner, load_config  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from train import build_runner, load_config, parse_common_args  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,14 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--out', help='directory to save predictions for offline evaluation')
     parser.add_argument('--show-dir', help='directory (inside the run dir) to save painted '
                         'predictions')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config entries (KEY=VALUE)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    return parse_common_args(parser, argv)
 
 
 def enable_show_dir(cfg: Config, show_dir: str) -> None:

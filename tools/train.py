@@ -28,6 +28,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='resume from the latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper)')
+    return parse_common_args(parser, argv)
+
+
+def parse_common_args(parser: argparse.ArgumentParser,
+                      argv: list[str] | None = None) -> argparse.Namespace:
+    """Add the options shared by the train and test CLIs (``--cfg-options``, ``--launcher``,
+    ``--local_rank``), parse ``argv`` and export ``LOCAL_RANK`` for the launcher."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries, e.g. train_cfg.max_iters=100 '
                         'or model.backbone.embed_dims="[32,64,128,256]"')

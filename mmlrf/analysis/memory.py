@@ -33,16 +33,6 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f'{field} not found in /proc/self/status')
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process in MiB (Linux)."""
-    return _proc_status_kib('VmRSS') / 1024
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size (``VmHWM``) of this process in MiB (Linux)."""
-    return _proc_status_kib('VmHWM') / 1024
-
-
 def reset_peak_rss() -> None:
     """Reset ``VmHWM`` to the current RSS (``echo 5 > /proc/self/clear_refs``, Linux >= 4.0)."""
     with open('/proc/self/clear_refs', 'w') as f:

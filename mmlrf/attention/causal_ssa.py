@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from ..layers import merge_heads, split_heads
+from ..layers import check_positive_int, merge_heads, split_heads
 from .mixer import TokenMixer
 from .ssa import SSA_ORDERS
 
@@ -126,12 +126,11 @@ class CausalSSA(TokenMixer):
             raise ValueError(f'accumulation must be one of {ACCUMULATIONS}, got {accumulation!r}')
         if order not in SSA_ORDERS:
             raise ValueError(f'order must be one of {SSA_ORDERS}, got {order!r}')
-        if isinstance(chunk_size, bool) or int(chunk_size) != chunk_size or chunk_size < 1:
-            raise ValueError(f'chunk_size must be a positive integer, got {chunk_size!r}')
+        chunk_size = check_positive_int(chunk_size, 'chunk_size')
         if accumulation != 'decayed' and (decay is not None or learn_decay):
             raise ValueError("decay and learn_decay apply only to accumulation='decayed', "
                              f'got accumulation={accumulation!r}')
-        self.accumulation, self.order, self.chunk_size = accumulation, order, int(chunk_size)
+        self.accumulation, self.order, self.chunk_size = accumulation, order, chunk_size
         self.scale = float(scale) if scale is not None else 2.0 / math.sqrt(
             self.qk_channels // self.num_heads)
         if accumulation == 'decayed':

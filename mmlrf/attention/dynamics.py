@@ -58,6 +58,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..layers import check_positive_int
 from .dynamics_scan import chunked_scan, streaming_scan
 
 DYNAMICS_MODES = ('fft', 'recurrent', 'scan', 'stream', 'triton', 'auto')
@@ -175,7 +176,9 @@ class DendriticDynamics(BaseModule):
     Args:
         channels (int): C, one independent k-compartment system per channel.
         num_dendrites (int): k, compartments per channel (default 8).
-        mode (str): one of :data:`DYNAMICS_MODES`; may be changed later via :attr:`mode`.
+        mode (str): one of :data:`DYNAMICS_MODES` (default 'fft', the reference path;
+            :class:`~mmlrf.attention.LRFDyn` passes 'auto'); may be changed later via
+            :attr:`mode`.
         bidirectional (bool): add an anti-causal scan with its own parameters.
         order (str): token scan order, one of :data:`SCAN_ORDERS`.
         dt_min (float): smallest step size Δ (> 0).
@@ -194,22 +197,21 @@ class DendriticDynamics(BaseModule):
                  dt_max: float = 1e-1, chunk_size: int = 64,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
-        for name, value in (('channels', channels), ('num_dendrites', num_dendrites),
-                            ('chunk_size', chunk_size)):
-            if int(value) != value or value < 1:
-                raise ValueError(f'{name} must be a positive integer (>= 1), got {value!r}')
+        channels = check_positive_int(channels, 'channels')
+        k = check_positive_int(num_dendrites, 'num_dendrites')
+        chunk_size = check_positive_int(chunk_size, 'chunk_size')
         if order not in SCAN_ORDERS:
             raise ValueError(f'order must be one of {SCAN_ORDERS}, got {order!r}')
         if not (dt_min > 0 and dt_max >= dt_min and math.isfinite(dt_max)):
             raise ValueError('dt_min and dt_max must satisfy 0 < dt_min <= dt_max < inf, got '
                              f'dt_min={dt_min!r}, dt_max={dt_max!r}')
-        self.channels = int(channels)
-        self.num_dendrites = k = int(num_dendrites)
+        self.channels = channels
+        self.num_dendrites = k
         self.bidirectional = bool(bidirectional)
         self.order = order
         self.dt_min = float(dt_min)
         self.dt_max = float(dt_max)
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = chunk_size
         self.mode = mode
         ndir = 2 if bidirectional else 1
         # Leaks 1..k (distinct: eigh's gradient needs distinct eigenvalues), weak coupling,

@@ -19,7 +19,7 @@ def set_dynamics_mode(model: nn.Module, mode: str) -> int:
     """Switch every :class:`DendriticDynamics` inside ``model`` to ``mode``.
 
     E.g. ``set_dynamics_mode(segmentor, 'recurrent')`` puts a whole model on the token-by-token
-    (streaming) path; ``'fft'`` restores the parallel path. The weights are unchanged.
+    (streaming) path; ``'auto'`` restores :class:`LRFDyn`'s default. The weights are unchanged.
 
     Args:
         model (nn.Module): any module (itself included in the search).
@@ -94,6 +94,11 @@ class LRFDyn(TokenMixer):
         if query_gate:
             needed.add('q')
         self.requires = tuple(name for name in ('q', 'k', 'v', 'x') if name in needed)
+        clash = set(dynamics_cfg or {}) & {'channels', 'num_dendrites', 'mode', 'bidirectional',
+                                           'order'}
+        if clash:
+            raise ValueError(f'dynamics_cfg must not repeat the LRFDyn arguments {sorted(clash)}; '
+                             'set them directly')
         self.dynamics = DendriticDynamics(
             self.v_channels, num_dendrites=num_dendrites, mode=mode,
             bidirectional=bidirectional, order=order, **(dynamics_cfg or {}))

@@ -4,6 +4,8 @@ from __future__ import annotations
 from mmengine.model import BaseModule
 from torch import Tensor
 
+from ..layers import check_positive_int
+
 
 class TokenMixer(BaseModule):
     """Mixes tokens of the spike tensors Q, K, V (and the block input spikes X).
@@ -26,10 +28,9 @@ class TokenMixer(BaseModule):
     def __init__(self, num_heads: int, qk_channels: int, v_channels: int,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
-        for name, value in (('num_heads', num_heads), ('qk_channels', qk_channels),
-                            ('v_channels', v_channels)):
-            if int(value) != value or value < 1:
-                raise ValueError(f'{name} must be a positive integer, got {value}')
+        num_heads = check_positive_int(num_heads, 'num_heads')
+        qk_channels = check_positive_int(qk_channels, 'qk_channels')
+        v_channels = check_positive_int(v_channels, 'v_channels')
         for name, value in (('qk_channels', qk_channels), ('v_channels', v_channels)):
             if value % num_heads:
                 raise ValueError(f'{name}={value} must be divisible by num_heads={num_heads}')

@@ -7,7 +7,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..layers import ConvBN
+from ..layers import ConvBN, check_positive_int
 from ..neurons import build_neuron
 from ..registry import build_component
 from .mixer import TokenMixer
@@ -52,8 +52,7 @@ class SpikingAttention(BaseModule):
                  proj_bias: bool = False,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
-        if int(v_ratio) != v_ratio or v_ratio < 1:
-            raise ValueError(f'v_ratio must be a positive integer, got {v_ratio}')
+        v_ratio = check_positive_int(v_ratio, 'v_ratio')
         if not isinstance(mixer, dict) or 'type' not in mixer:
             raise ValueError(f"mixer must be a config dict with a 'type', got {mixer!r}")
         self.embed_dims, self.num_heads = embed_dims, num_heads

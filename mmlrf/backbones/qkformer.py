@@ -10,9 +10,9 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..interop import StrictPretrainedMixin
+from ..layers import check_positive_int
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, attention_neuron,
-                             check_lif_neuron, check_mixer, check_out_indices, check_positive_int,
-                             lookup_arch)
+                             check_lif_neuron, check_mixer, check_out_indices, lookup_arch)
 
 #: Published sizes ``'depth-embed_dims'`` (HST-10-D): stage widths D/4, D/2, D with 1, 2 and 7
 #: blocks; the official models use the same head count in every stage.

@@ -21,7 +21,7 @@ from ..interop import StrictPretrainedMixin
 from ..attention import SpikingAttention
 from ..attention.dynamics import DYNAMICS_MODES
 from ..attention.lrf_dyn import set_dynamics_mode
-from ..layers import ConvBN, conv_bn
+from ..layers import ConvBN, check_positive_int, conv_bn
 from ..neurons import build_neuron
 from ..neurons.multispike import spike_code_sharing
 
@@ -289,8 +289,7 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
                 dims[3] % num_heads:
             raise ValueError(f'num_heads must be a positive integer dividing embed_dims[2] and '
                              f'embed_dims[3] ({dims[2]}, {dims[3]}), got {num_heads}')
-        if int(mlp_ratio) != mlp_ratio or mlp_ratio < 1:
-            raise ValueError(f'mlp_ratio must be a positive integer, got {mlp_ratio}')
+        mlp_ratio = check_positive_int(mlp_ratio, 'mlp_ratio')
         out_indices = tuple(out_indices)
         if not out_indices or any(i not in (0, 1, 2, 3) for i in out_indices):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), '
@@ -308,24 +307,24 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         self.out_indices = out_indices
         self.out_channels = [[dims[0] // 2, dims[0], dims[1], dims[3]][i] for i in out_indices]
         c0, c1, c2, c3 = dims
-        ratio = int(mlp_ratio)
 
         self.downsample1_1 = Downsample(in_channels, c0 // 2, 7, 2, None)
-        self.ConvBlock1_1 = nn.ModuleList([ConvBlock(c0 // 2, ratio, neuron)])
+        self.ConvBlock1_1 = nn.ModuleList([ConvBlock(c0 // 2, mlp_ratio, neuron)])
         self.downsample1_2 = Downsample(c0 // 2, c0, 3, 2, neuron)
-        self.ConvBlock1_2 = nn.ModuleList([ConvBlock(c0, ratio, neuron)])
+        self.ConvBlock1_2 = nn.ModuleList([ConvBlock(c0, mlp_ratio, neuron)])
         self.downsample2 = Downsample(c0, c1, 3, 2, neuron)
-        self.ConvBlock2_1 = nn.ModuleList([ConvBlock(c1, ratio, neuron)])
-        self.ConvBlock2_2 = nn.ModuleList([ConvBlock(c1, ratio, neuron)])
+        self.ConvBlock2_1 = nn.ModuleList([ConvBlock(c1, mlp_ratio, neuron)])
+        self.ConvBlock2_2 = nn.ModuleList([ConvBlock(c1, mlp_ratio, neuron)])
         self.downsample3 = Downsample(c1, c2, 3, 2, neuron)
         n3, n4 = self.num_transformer_blocks
         rates = [drop_path_rate * j / (n3 + n4 - 1) for j in range(n3 + n4)]
         self.block3 = nn.ModuleList([
-            TransformerBlock(c2, num_heads, ratio, attn, neuron, layer_scale_init, rates[j])
+            TransformerBlock(c2, num_heads, mlp_ratio, attn, neuron, layer_scale_init, rates[j])
             for j in range(n3)])
         self.downsample4 = Downsample(c2, c3, 3, 1, neuron)
         self.block4 = nn.ModuleList([
-            TransformerBlock(c3, num_heads, ratio, attn, neuron, layer_scale_init, rates[n3 + j])
+            TransformerBlock(c3, num_heads, mlp_ratio, attn, neuron, layer_scale_init,
+                             rates[n3 + j])
             for j in range(n4)])
         if dynamics_mode is not None and not set_dynamics_mode(self, dynamics_mode):
             raise ValueError(f'dynamics_mode={dynamics_mode!r} needs an attention with '

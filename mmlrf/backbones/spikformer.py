@@ -11,10 +11,10 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..interop import StrictPretrainedMixin
-from ..layers import seq_apply
+from ..layers import check_positive_int, seq_apply
 from ..neurons import build_neuron
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, check_lif_neuron, check_mixer,
-                             check_out_indices, check_positive_int, lookup_arch)
+                             check_out_indices, lookup_arch)
 
 #: Published sizes ``'depth-embed_dims'``. Heads: 8 for 8-512 (official ImageNet model), 12
 #: for 8-768 (head size 64); 8-384 has no official ImageNet definition, 12 heads follows the

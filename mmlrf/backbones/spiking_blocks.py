@@ -55,14 +55,6 @@ def check_mixer(attn: dict, name: str = 'attn') -> dict:
     return copy.deepcopy(attn)
 
 
-def check_positive_int(value: int, name: str) -> int:
-    """Return ``value`` as an int if it is a positive integer, else raise ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            int(value) != value or value < 1:
-        raise ValueError(f'{name} must be a positive integer, got {value!r}')
-    return int(value)
-
-
 def lookup_arch(arch: str | dict, presets: dict, keys: Sequence[str]) -> dict:
     """A preset name from ``presets`` or a dict with exactly ``keys``; else ValueError naming
     'arch' and the allowed values."""

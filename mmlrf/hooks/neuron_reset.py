@@ -1,7 +1,7 @@
 """Neuron-state reset hook for stateful spiking models."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

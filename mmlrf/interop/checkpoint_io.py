@@ -103,6 +103,6 @@ def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
             raise  # an intact archive holding types weights_only refuses: torch's message fits
         raise CorruptCheckpointError(
             f'checkpoint file {filename!r} ({osp.getsize(filename)} bytes) is truncated, corrupt '
-            f'or not a PyTorch checkpoint, and was not loaded ({type(err).__name__}: {err}). If a run was stopped while saving '
-            'it, resume from the previous checkpoint; save with '
+            f'or not a PyTorch checkpoint, and was not loaded ({type(err).__name__}: {err}). '
+            'If a run was stopped while saving it, resume from the previous checkpoint; save with '
             f"backend_args=dict(backend='{ATOMIC_BACKEND}') so this cannot happen.") from err

@@ -36,12 +36,16 @@ def apply() -> None:
         return
 
     @functools.wraps(original)
-    def init_dist_pytorch(backend: str = 'nccl', init_backend: str = 'torch', **kwargs: Any) -> None:
+    def init_dist_pytorch(backend: str = 'nccl', init_backend: str = 'torch',
+                          **kwargs: Any) -> None:
         if _accelerator_present():
             return original(backend, init_backend=init_backend, **kwargs)
         if backend == 'nccl':
             raise ValueError("env_cfg.dist_cfg.backend='nccl' needs CUDA GPUs; on CPU use "
                              "--cfg-options env_cfg.dist_cfg.backend=gloo (allowed: 'gloo', 'mpi')")
+        if init_backend != 'torch':
+            raise ValueError(f"init_backend must be 'torch' without an accelerator, "
+                             f'got {init_backend!r}')
         torch_dist.init_process_group(backend=backend, rank=int(os.environ['RANK']),
                                       world_size=int(os.environ['WORLD_SIZE']), **kwargs)
 

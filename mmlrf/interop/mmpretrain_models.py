@@ -39,10 +39,10 @@ import importlib
 import sys
 import types
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Tuple
+from typing import Any, Iterator
 
 #: Every torchvision module mmpretrain imports at import time (parents before children).
-STAND_IN_MODULES: Tuple[str, ...] = (
+STAND_IN_MODULES: tuple[str, ...] = (
     'torchvision', 'torchvision.ops', 'torchvision.ops.boxes', 'torchvision.transforms',
     'torchvision.transforms.functional', 'torchvision.transforms.transforms')
 
