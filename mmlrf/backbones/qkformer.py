@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from ..interop import StrictPretrainedMixin
 from ..layers import check_positive_int
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, attention_neuron,
-                             check_lif_neuron, check_mixer, check_out_indices, lookup_arch)
+                             check_lif_neuron, check_mixer, check_out_indices, lookup_arch,
+                             repeat_image)
 
 #: Published sizes ``'depth-embed_dims'`` (HST-10-D): stage widths D/4, D/2, D with 1, 2 and 7
 #: blocks; the official models use the same head count in every stage.
@@ -156,10 +157,7 @@ class QKFormer(StrictPretrainedMixin, BaseModule):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """Images ``[B, C, H, W]`` → tuple of T-averaged ``[B, C_i, H_i, W_i]``."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'QKFormer expects images [B, {self.in_channels}, H, W] '
-                             f'(in_channels={self.in_channels}), got {tuple(x.shape)}')
-        x = x.unsqueeze(0).expand(self.T, *x.shape)
+        x = repeat_image(x, self.T, self.in_channels, 'QKFormer')
         feats = []
         for i in range(max(self.out_indices) + 1):
             x = getattr(self, f'patch_embed{i + 1}')(x)

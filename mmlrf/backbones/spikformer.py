@@ -14,7 +14,7 @@ from ..interop import StrictPretrainedMixin
 from ..layers import check_positive_int, seq_apply
 from ..neurons import build_neuron
 from .spiking_blocks import (ConvBNSpike, LIFTransformerBlock, check_lif_neuron, check_mixer,
-                             check_out_indices, lookup_arch)
+                             check_out_indices, lookup_arch, repeat_image)
 
 #: Published sizes ``'depth-embed_dims'``. Heads: 8 for 8-512 (official ImageNet model), 12
 #: for 8-768 (head size 64); 8-384 has no official ImageNet definition, 12 heads follows the
@@ -220,10 +220,7 @@ class Spikformer(StrictPretrainedMixin, BaseModule):
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         """Images ``[B, C, H, W]`` → tuple of T-averaged ``[B, embed_dims, H_i, W_i]``."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'Spikformer expects images [B, {self.in_channels}, H, W] '
-                             f'(in_channels={self.in_channels}), got {tuple(x.shape)}')
-        x = self.patch_embed(x.unsqueeze(0).expand(self.T, *x.shape))
+        x = self.patch_embed(repeat_image(x, self.T, self.in_channels, 'Spikformer'))
         wanted = set(self.out_indices)
         feats = {}
         for i, blk in enumerate(self.block[:max(wanted) + 1]):

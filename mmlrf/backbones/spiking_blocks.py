@@ -55,6 +55,15 @@ def check_mixer(attn: dict, name: str = 'attn') -> dict:
     return copy.deepcopy(attn)
 
 
+def repeat_image(x: Tensor, T: int, in_channels: int, owner: str) -> Tensor:
+    """Check images ``[B, in_channels, H, W]`` and repeat them T times: ``[T, B, C, H, W]``
+    (an expanded view, no copy). ``owner`` names the backbone in the ValueError."""
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f'{owner} expects images [B, {in_channels}, H, W] '
+                         f'(in_channels={in_channels}), got {tuple(x.shape)}')
+    return x.unsqueeze(0).expand(T, *x.shape)
+
+
 def lookup_arch(arch: str | dict, presets: dict, keys: Sequence[str]) -> dict:
     """A preset name from ``presets`` or a dict with exactly ``keys``; else ValueError naming
     'arch' and the allowed values."""
