@@ -127,6 +127,21 @@ def test_benchmark_attention_map_attribution():
     assert terms['attention_map'] == 3 * 2 * 64 * 64 * 4 / 2**20
 
 
+def test_benchmark_fused_model_case(tmp_path):
+    """``fuse_conv_bn`` model cases run, form their own ratio group, and refuse training."""
+    cases = bm.smoke_cases(bm.model_cases(bm.MODEL_19M_CONFIG, ['official', 'lrf_dyn'],
+                                          [(1024, 1024)], fuse_conv_bn=True))
+    report = bm.run_benchmark(cases, 'cpu', str(tmp_path / 'f'), 'test', warmup=0, repeats=1,
+                              isolate=False, log=lambda s: None)
+    assert all('error' not in r for r in report['results']), report['results']
+    assert all(r['batchnorms_folded'] > 0 for r in report['results'])
+    (ratio,) = report['ratios']
+    assert ratio['variant'] == 'lrf_dyn' and ratio['group'].endswith(' fused-BN')
+    with pytest.raises(ValueError, match='infer mode only'):
+        bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], modes=['train'],
+                       fuse_conv_bn=True)
+
+
 def test_grid_and_variant_validation():
     assert bm.grid_hw(8192) == (64, 128) and bm.grid_hw(4096) == (64, 64)
     with pytest.raises(ValueError, match='variant'):

@@ -201,3 +201,39 @@ def test_two_training_iterations_on_real_layout(tmp_path, config, writer, datase
     assert osp.isfile(osp.join(cfg.work_dir, 'iter_2.pth'))
     scalars = runner.message_hub.log_scalars
     assert 'val/mIoU' in scalars and np.isfinite(scalars['val/mIoU'].current())
+
+
+def _randomise_batchnorms(model, seed=0):
+    """Eval statistics and affine parameters far from the identity, so folding them matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                shape = m.running_mean.shape
+                m.running_mean.copy_(0.2 * torch.randn(shape, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(shape, generator=gen))
+                m.weight.copy_(0.5 + torch.rand(shape, generator=gen))
+                m.bias.copy_(0.2 * torch.randn(shape, generator=gen))
+
+
+@pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
+def test_fuse_conv_bn_keeps_the_function(paths):
+    """``FuseConvBNHook`` (mmcv's sibling-order fusion) folds every BN that follows a conv, in
+    every model family, and leaves the eval-mode output unchanged: mmlrf registers each BN right
+    after its conv. Only the BNs after Spikformer's transposed convs stay."""
+    from mmlrf.backbones.spikformer import SpikingDeconv
+    from mmlrf.hooks import FuseConvBNHook, count_batchnorms
+
+    model = MODELS.build(shrink_model(_load(paths[0]).model)).eval()
+    _randomise_batchnorms(model)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expect = model(images, mode='tensor')
+    assert count_batchnorms(model) > 0
+    runner = type('Runner', (), dict(model=model))()
+    FuseConvBNHook().before_test(runner)
+    kept = [m for m in model.modules() if isinstance(m, SpikingDeconv)]
+    assert count_batchnorms(model) == len(kept)
+    with torch.no_grad():
+        got = model(images, mode='tensor')
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)

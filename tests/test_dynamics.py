@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import mmlrf  # noqa: F401  (before mmseg.models)
-from mmlrf.attention.dynamics import LEAK_MIN, DendriticDynamics
+from mmlrf.attention.dynamics import LEAK_MIN, PARAMETERIZATIONS, DendriticDynamics
 from mmseg.registry import MODELS
 
 ORDERS = ('raster', 'snake', 'column')
@@ -24,10 +24,14 @@ def token_order(height, width, order):
 
 
 def dense_system(module, direction, channel):
-    """(Ā, B̄, c) of one channel from the raw parameters: dense M, matrix_exp, solve."""
+    """(Ā, B̄, c) of one channel from the raw parameters: dense M, matrix_exp, solve. A modal
+    module's M is the diagonal one (tridiagonal with zero couplings)."""
     k = module.num_dendrites
     leak_raw = module.leak_raw[direction, channel].detach().double().tolist()
-    gamma = module.coupling[direction, channel].detach().double().tolist()
+    if module.parameterization == 'modal':
+        gamma = [0.0] * (k - 1)
+    else:
+        gamma = module.coupling[direction, channel].detach().double().tolist()
     m = torch.zeros(k, k, dtype=torch.float64)
     for i in range(k):
         left = abs(gamma[i - 1]) if i > 0 else 0.0
@@ -76,11 +80,13 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
 @pytest.mark.parametrize('bidirectional', [False, True])
 @pytest.mark.parametrize('order', ORDERS)
-def test_matches_naive_dense_reference(order, bidirectional):
+def test_matches_naive_dense_reference(order, bidirectional, parameterization):
     torch.manual_seed(0)
-    module = randomise(DendriticDynamics(3, 4, bidirectional=bidirectional, order=order)).double()
+    module = randomise(DendriticDynamics(3, 4, bidirectional=bidirectional, order=order,
+                                         parameterization=parameterization)).double()
     x = torch.randn(2, 3, 3, 5, dtype=torch.float64)
     ref = naive_forward(module, x)
     for mode in ('recurrent', 'fft'):
@@ -131,11 +137,14 @@ def wide(shape, gen):
     return torch.sign(torch.randn(shape, generator=gen, dtype=torch.float64)) * mag
 
 
-def test_stability_1000_random_draws():
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
+def test_stability_1000_random_draws(parameterization):
     gen = torch.Generator().manual_seed(3)
-    module = DendriticDynamics(1000, 8, bidirectional=True).double()
+    module = DendriticDynamics(1000, 8, bidirectional=True,
+                               parameterization=parameterization).double()
+    names = ('leak_raw', 'coupling', 'dt_raw', 'b', 'c')
     with torch.no_grad():
-        for p in (module.leak_raw, module.coupling, module.dt_raw, module.b, module.c):
+        for p in (getattr(module, name) for name in names if hasattr(module, name)):
             p.copy_(wide(p.shape, gen))
     worst = 0.0
     for channel in range(1000):
@@ -149,8 +158,10 @@ def test_stability_1000_random_draws():
     assert torch.isfinite(module(torch.randn(1, 1000, 4, 4, dtype=torch.float64))).all()
 
 
-def test_discrete_matrix_and_impulse_response_match_dense():
-    module = randomise(DendriticDynamics(2, 5), seed=4).double()
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
+def test_discrete_matrix_and_impulse_response_match_dense(parameterization):
+    module = randomise(DendriticDynamics(2, 5, parameterization=parameterization),
+                       seed=4).double()
     resp = module.impulse_response(6)
     ada = module.discrete_state_matrix()
     for c in range(2):
@@ -161,11 +172,13 @@ def test_discrete_matrix_and_impulse_response_match_dense():
         torch.testing.assert_close(resp[c], expect)
 
 
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
 @pytest.mark.parametrize('bidirectional', [False, True])
 @pytest.mark.parametrize('mode', ['fft', 'recurrent', 'scan', 'stream'])
-def test_gradients_reach_every_parameter(mode, bidirectional):
+def test_gradients_reach_every_parameter(mode, bidirectional, parameterization):
     torch.manual_seed(5)
-    module = DendriticDynamics(3, 4, mode=mode, bidirectional=bidirectional, order='snake')
+    module = DendriticDynamics(3, 4, mode=mode, bidirectional=bidirectional, order='snake',
+                               parameterization=parameterization)
     x = torch.randn(2, 3, 4, 5, requires_grad=True)
     (module(x) * torch.randn(2, 3, 4, 5)).sum().backward()
     for name, p in list(module.named_parameters()) + [('x', x)]:
@@ -173,9 +186,11 @@ def test_gradients_reach_every_parameter(mode, bidirectional):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_fft_and_recurrent_gradients_agree():
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
+def test_fft_and_recurrent_gradients_agree(parameterization):
     torch.manual_seed(6)
-    module = randomise(DendriticDynamics(3, 4, bidirectional=True, order='column')).double()
+    module = randomise(DendriticDynamics(3, 4, bidirectional=True, order='column',
+                                         parameterization=parameterization)).double()
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     weight = torch.randn(2, 3, 4, 5, dtype=torch.float64)
     grads = {}
@@ -216,6 +231,7 @@ def test_build_from_registry():
     (dict(channels=4, num_dendrites=0), 'num_dendrites'),
     (dict(channels=4, mode='conv'), 'mode'),
     (dict(channels=4, order='diagonal'), 'order'),
+    (dict(channels=4, parameterization='dense'), 'parameterization'),
     (dict(channels=4, dt_min=0.0), 'dt_min'),
     (dict(channels=4, dt_min=0.2, dt_max=0.1), 'dt_min'),
     (dict(channels=4, chunk_size=0), 'chunk_size'),
@@ -232,12 +248,14 @@ def test_mode_setter_validates():
         module.mode = 'naive'
 
 
-def test_softplus_floor_keeps_leak_positive():
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
+def test_softplus_floor_keeps_leak_positive(parameterization):
     """The leak floor is what keeps |ā| < 1 when leak_raw → −∞ and couplings vanish."""
-    module = DendriticDynamics(1, 2).double()
+    module = DendriticDynamics(1, 2, parameterization=parameterization).double()
     with torch.no_grad():
         module.leak_raw.fill_(-1e4)
-        module.coupling.zero_()
+        if parameterization == 'tridiagonal':
+            module.coupling.zero_()
         module.dt_raw.fill_(-1e4)
     lam = torch.linalg.eigvalsh(module.state_matrix())
     torch.testing.assert_close(lam, torch.full_like(lam, -LEAK_MIN))
@@ -255,7 +273,7 @@ def test_modal_cache_only_without_grad_and_invalidated_by_updates():
         first = module.modal_parameters()
         assert module.modal_parameters() is first
         y_before = module(x)
-        module.coupling.add_(1.0)
+        module.leak_raw.add_(1.0)
         assert module.modal_parameters() is not first
         y_after = module(x)
     assert (y_after - y_before).abs().max() > 1e-4
@@ -266,3 +284,35 @@ def test_modal_cache_only_without_grad_and_invalidated_by_updates():
     module.double()
     with torch.no_grad():
         assert module(x.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_modal_starts_as_the_tridiagonal_operator(bidirectional):
+    """Same seed: the modal module's output equals the dense loop over the tridiagonal module's
+    raw parameters (M with couplings, matrix_exp), so the one-off diagonalisation is right."""
+    kwargs = dict(channels=3, num_dendrites=5, bidirectional=bidirectional, order='snake')
+    torch.manual_seed(9)
+    tridiagonal = DendriticDynamics(parameterization='tridiagonal', **kwargs).double()
+    torch.manual_seed(9)
+    modal = DendriticDynamics(mode='scan', **kwargs).double()
+    assert modal.parameterization == 'modal' and not hasattr(modal, 'coupling')
+    assert tridiagonal.coupling.abs().min() > 0
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    assert rel_err(modal(x), naive_forward(tridiagonal, x)) < 1e-6  # float32 parameters
+
+
+def test_modal_never_diagonalises_after_init(monkeypatch):
+    """Training and inference of a modal module run no eigen-decomposition; a tridiagonal one
+    runs one per training call."""
+    modal = DendriticDynamics(4, mode='scan')
+    tridiagonal = DendriticDynamics(4, mode='scan', parameterization='tridiagonal')
+    calls = []
+    real_eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, 'eigh', lambda m: calls.append(m.shape) or real_eigh(m))
+    x = torch.randn(2, 4, 3, 3)
+    modal(x).sum().backward()
+    with torch.no_grad():
+        modal(x)
+    assert calls == []
+    tridiagonal(x).sum().backward()
+    assert calls == [(1, 4, 8, 8)]

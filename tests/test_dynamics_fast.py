@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import mmlrf  # noqa: F401  (before mmseg.models)
-from mmlrf.attention.dynamics import DendriticDynamics, fft_conv, recurrent_scan
+from mmlrf.attention.dynamics import (PARAMETERIZATIONS, DendriticDynamics, fft_conv,
+                                      recurrent_scan)
 from mmlrf.attention.dynamics_scan import chunked_scan, streaming_scan
 
 ORDERS = ('raster', 'snake', 'column')
@@ -39,13 +40,16 @@ def outputs_and_grads(module, x, weight, mode):
     return y.detach(), [x.grad] + [p.grad.clone() for p in module.parameters()]
 
 
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
 @pytest.mark.parametrize('chunk_size', [16, 128])
 @pytest.mark.parametrize('bidirectional', [False, True])
 @pytest.mark.parametrize('order', ORDERS)
 @pytest.mark.parametrize('mode', CPU_FAST)
-def test_cpu_fast_paths_equal_reference(mode, order, bidirectional, chunk_size):
+def test_cpu_fast_paths_equal_reference(mode, order, bidirectional, chunk_size,
+                                        parameterization):
     """N = 7·9 = 63: a partial last chunk (L=16) and a single short chunk (L=128)."""
-    module = make(order=order, bidirectional=bidirectional, chunk_size=chunk_size).double()
+    module = make(order=order, bidirectional=bidirectional, chunk_size=chunk_size,
+                  parameterization=parameterization).double()
     x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
     weight = torch.randn_like(x)
     y_ref, g_ref = outputs_and_grads(module, x, weight, 'recurrent')
@@ -176,12 +180,14 @@ def test_triton_kernels_in_interpreter():
 
 # ---------------------------------------------------------------------------- CUDA / Triton
 @needs_cuda
+@pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
 @pytest.mark.parametrize('k', [8, 5])
 @pytest.mark.parametrize('bidirectional', [False, True])
 @pytest.mark.parametrize('order', ORDERS)
-def test_triton_equals_reference(order, bidirectional, k):
+def test_triton_equals_reference(order, bidirectional, k, parameterization):
     """C = 7 (not a multiple of the channel block), N = 13·29 = 377 (partial token block)."""
-    module = make(channels=7, k=k, order=order, bidirectional=bidirectional).cuda()
+    module = make(channels=7, k=k, order=order, bidirectional=bidirectional,
+                  parameterization=parameterization).cuda()
     x = torch.randn(2, 7, 13, 29, device='cuda')
     weight = torch.randn_like(x)
     y, g = outputs_and_grads(module, x, weight, 'triton')

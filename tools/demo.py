@@ -3,6 +3,7 @@
 Usage::
 
     python tools/demo.py IMAGE CONFIG CHECKPOINT --out overlay.png [--device cpu] [--opacity 0.5]
+        [--fuse-conv-bn]
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 
 import mmlrf  # noqa: F401  (must precede mmseg)
 import mmcv
+from mmcv.cnn import fuse_conv_bn
 from mmseg.apis import inference_model, init_model
 from mmseg.visualization import SegLocalVisualizer
 
@@ -25,6 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help="device, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the painted segmentation, in (0, 1]')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold every BatchNorm into its conv first (faster; may differ by '
+                        'float rounding)')
     return parser.parse_args(argv)
 
 
@@ -37,6 +42,8 @@ def main(argv: list[str] | None = None) -> str:
     if not 0 < args.opacity <= 1:
         raise ValueError(f'--opacity must be in (0, 1], got {args.opacity}')
     model = init_model(args.config, args.checkpoint, device=args.device)
+    if args.fuse_conv_bn:
+        fuse_conv_bn(model)
     result = inference_model(model, args.img)
     visualizer = SegLocalVisualizer(alpha=args.opacity)
     visualizer.dataset_meta = model.dataset_meta

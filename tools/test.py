@@ -3,7 +3,7 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
-        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--fuse-conv-bn] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 """
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--out', help='directory to save predictions for offline evaluation')
     parser.add_argument('--show-dir', help='directory (inside the run dir) to save painted '
                         'predictions')
+    parser.add_argument('--fuse-conv-bn', action='store_true',
+                        help='fold every BatchNorm into its conv before testing (faster; may '
+                        'differ by float rounding)')
     return parse_common_args(parser, argv)
 
 
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)
+    if args.fuse_conv_bn:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='FuseConvBNHook')]
     if args.out:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True

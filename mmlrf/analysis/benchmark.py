@@ -38,7 +38,8 @@ VARIANTS: dict[str, dict] = {
     'ssa_kv': dict(type='SSA', order='kv'),        # Q (Kᵀ V), d×dv state per head
     'lrf_ssa': dict(type='LRFSSA', order='qk'),    # SDT-V3 + LRF-SSA (paper)
     'lrf_ssa_kv': dict(type='LRFSSA', order='kv'),
-    'lrf_dyn': dict(type='LRFDyn'),
+    'lrf_dyn': dict(type='LRFDyn'),                # modal parameters (default)
+    'lrf_dyn_tridiagonal': dict(type='LRFDyn', dynamics_cfg=dict(parameterization='tridiagonal')),
 }
 KINDS = ('operator', 'model', 'floor', 'dynamics')
 MODES = ('infer', 'train')
@@ -277,6 +278,13 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
     cfg, dyn_mode = _load_model_cfg(case)
     model = MODELS.build(cfg.model).to(device)
     set_dynamics_mode(model, dyn_mode)
+    folded = None
+    if case.get('fuse_conv_bn'):
+        from mmcv.cnn import fuse_conv_bn
+
+        from ..hooks import count_batchnorms
+        before = count_batchnorms(model)
+        folded = before - count_batchnorms(fuse_conv_bn(model.eval()))
     dtype = _dtype(case['dtype'])
     b, (h, w) = case['batch'], case['resolution']
     gen = torch.Generator().manual_seed(0)
@@ -285,6 +293,8 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
     model.train(train)
     info: dict[str, Any] = dict(weights_mib=_param_mib(model),
                                 inputs_mib=_tensor_mib(images.numel(), torch.float32))
+    if folded is not None:
+        info['batchnorms_folded'] = folded
     attn_terms: list[dict[str, float]] = []
 
     def record(mixer: nn.Module, args: tuple) -> None:
@@ -423,6 +433,9 @@ def group_key(result: dict) -> str:
     if result['kind'] == 'model':
         h, w = result['resolution']
         shape = f"{os.path.basename(result['config'])} {result['batch']}x{h}x{w}"
+        if result.get('fuse_conv_bn'):
+            shape += ' fused-BN'
+
     else:
         shape = (f"N={result['n_tokens']} C={result['channels']} heads={result['heads']} "
                  f"Cv={result['channels'] * result['v_ratio']} B={result['batch']} "
@@ -488,11 +501,19 @@ def operator_cases(variants: list[str], n_tokens: list[int], channels: int = 360
 def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, int]],
                 batches: list[int] = (1,), modes: list[str] = ('infer',),
                 dtypes: list[str] = ('float32',), cfg_options: dict | None = None,
-                attn_key: str = 'model.backbone.attn') -> list[dict]:
-    """The cross product of the whole-model sweep."""
+                attn_key: str = 'model.backbone.attn', fuse_conv_bn: bool = False) -> list[dict]:
+    """The cross product of the whole-model sweep (``fuse_conv_bn``: fold the BNs into their
+    convs before measuring; inference only).
+
+    Raises:
+        ValueError: for ``fuse_conv_bn`` with a 'train' mode.
+    """
+    if fuse_conv_bn and 'train' in modes:
+        raise ValueError('fuse_conv_bn folds eval-mode BatchNorms: it applies to the infer '
+                         f'mode only, got modes={list(modes)}')
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
-                 attn_key=attn_key)
+                 attn_key=attn_key, fuse_conv_bn=fuse_conv_bn)
             for mode in modes for dtype in dtypes for res in resolutions for b in batches
             for v in variants]
 

@@ -13,15 +13,29 @@ off-diagonal couplings ``γ_i`` and diagonal ``−(ℓ_i + |γ_{i−1}| + |γ_i|
 a negative diagonal, so (Gershgorin) its real spectrum lies in ``(−∞, −LEAK_MIN]``; the step size
 ``Δ = exp(log dt_min + (log dt_max − log dt_min)·sigmoid(dt_raw)) ∈ [dt_min, dt_max]`` is
 log-parameterised and bounded, hence every eigenvalue of Ā lies in
-``(0, exp(−LEAK_MIN·dt_min)] ⊂ (0, 1)``. M is diagonalised (``torch.linalg.eigh`` in float64;
-eigenvalues clamped to ``≤ −LEAK_MIN``, a no-op except for round-off): ``M = V Λ Vᵀ``. In modal
-coordinates ``z = Vᵀ s`` the system is k decoupled scalar recurrences (as in PMSN)::
+``(0, exp(−LEAK_MIN·dt_min)] ⊂ (0, 1)``. With ``M = V Λ Vᵀ``, in modal coordinates
+``z = Vᵀ s`` the system is k decoupled scalar recurrences (as in PMSN)::
 
     z_{n,j} = ā_j z_{n-1,j} + b̄_j u_n,   ā_j = exp(λ_j Δ),   b̄_j = expm1(λ_j Δ)/λ_j · (Vᵀ b)_j
     y_n = Σ_j c̃_j z_{n,j} + d u_n,      c̃ = Vᵀ c
 
 so the impulse response is ``K[m] = Σ_j w_j ā_j^m`` with ``w_j = c̃_j b̄_j``. Every evaluation
 path below works on ``(log ā, w, d)`` per channel.
+
+Two parameterisations of this system (``parameterization``):
+
+- ``'modal'`` (default; the paper's "following PMSN": diagonalise M, learn the modes): M is
+  built and diagonalised once, at initialisation; the learnable parameters are then the modal
+  ones: ``λ_j = −(LEAK_MIN + softplus(leak_raw_j))`` (PMSN keeps ``log(−λ)``; softplus keeps
+  the floor above and cannot overflow), ``Vᵀ b``, ``Vᵀ c`` and Δ. No eigen-decomposition runs while
+  training or inferring. It reaches exactly the kernels the tridiagonal form reaches (any
+  ``λ_j ≤ −LEAK_MIN``, any ``w_j``); only the optimisation geometry differs.
+- ``'tridiagonal'``: leaks and couplings stay the parameters and M is re-diagonalised
+  (``torch.linalg.eigh`` in float64, on the CPU; eigenvalues clamped to ``≤ −LEAK_MIN``, a no-op
+  except for round-off) whenever the parameters change; on a GPU that costs a host round trip
+  per call in training (see docs/benchmarks.md). For coupling ablations.
+
+Under the same random seed both start as the same operator.
 
 Evaluation modes of the same operator (attribute :attr:`DendriticDynamics.mode`, changeable
 after construction):
@@ -62,6 +76,7 @@ from ..layers import check_positive_int
 from .dynamics_scan import chunked_scan, streaming_scan
 
 DYNAMICS_MODES = ('fft', 'recurrent', 'scan', 'stream', 'triton', 'auto')
+PARAMETERIZATIONS = ('modal', 'tridiagonal')
 SCAN_ORDERS = ('raster', 'snake', 'column')
 LEAK_MIN = 1e-2
 
@@ -93,6 +108,22 @@ def scan_permutation(height: int, width: int, order: str,
 
 def _softplus_inverse(x: Tensor) -> Tensor:
     return x + torch.log(-torch.expm1(-x))
+
+
+def tridiagonal_matrix(leak_raw: Tensor, coupling: Tensor) -> Tensor:
+    """The stable symmetric tridiagonal M (float64) from its raw parameters.
+
+    Args:
+        leak_raw (Tensor): ``[..., k]``, leaks ``ℓ = LEAK_MIN + softplus(leak_raw)``.
+        coupling (Tensor): ``[..., k−1]``, off-diagonal couplings ``γ``.
+
+    Returns:
+        Tensor: ``[..., k, k]`` with diagonal ``−(ℓ_i + |γ_{i−1}| + |γ_i|)``.
+    """
+    gamma = coupling.double()
+    mag = gamma.abs()
+    diag = -(LEAK_MIN + F.softplus(leak_raw.double()) + F.pad(mag, (1, 0)) + F.pad(mag, (0, 1)))
+    return torch.diag_embed(diag) + torch.diag_embed(gamma, 1) + torch.diag_embed(gamma, -1)
 
 
 def fft_conv(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor) -> Tensor:
@@ -181,19 +212,23 @@ class DendriticDynamics(BaseModule):
             :attr:`mode`.
         bidirectional (bool): add an anti-causal scan with its own parameters.
         order (str): token scan order, one of :data:`SCAN_ORDERS`.
+        parameterization (str): 'modal' (default, learn the modes of M; no eigen-decomposition
+            after initialisation) or 'tridiagonal' (learn leaks and couplings; re-diagonalise).
         dt_min (float): smallest step size Δ (> 0).
         dt_max (float): largest step size Δ (≥ dt_min).
         chunk_size (int): chunk length L of the ``'scan'`` and ``'stream'`` modes.
         init_cfg (dict | None): mmengine init config.
 
     Learnable parameters (``D`` = 2 directions if bidirectional else 1):
-        ``leak_raw`` ``[D, C, k]``, ``coupling`` ``[D, C, k−1]``, ``dt_raw`` ``[D, C]``,
-        ``b`` ``[D, C, k]`` (input vector), ``c`` ``[D, C, k]`` (soma readout),
-        ``d`` ``[C]`` (skip).
+        ``leak_raw`` ``[D, C, k]``, ``dt_raw`` ``[D, C]``, ``b`` ``[D, C, k]`` (input vector),
+        ``c`` ``[D, C, k]`` (soma readout), ``d`` ``[C]`` (skip), and for 'tridiagonal'
+        ``coupling`` ``[D, C, k−1]``. For 'modal', ``leak_raw``, ``b`` and ``c`` are in the modal
+        basis (the state matrix is diagonal).
     """
 
     def __init__(self, channels: int, num_dendrites: int = 8, mode: str = 'fft',
-                 bidirectional: bool = False, order: str = 'raster', dt_min: float = 1e-3,
+                 bidirectional: bool = False, order: str = 'raster',
+                 parameterization: str = 'modal', dt_min: float = 1e-3,
                  dt_max: float = 1e-1, chunk_size: int = 64,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
@@ -202,6 +237,9 @@ class DendriticDynamics(BaseModule):
         chunk_size = check_positive_int(chunk_size, 'chunk_size')
         if order not in SCAN_ORDERS:
             raise ValueError(f'order must be one of {SCAN_ORDERS}, got {order!r}')
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f'parameterization must be one of {PARAMETERIZATIONS}, '
+                             f'got {parameterization!r}')
         if not (dt_min > 0 and dt_max >= dt_min and math.isfinite(dt_max)):
             raise ValueError('dt_min and dt_max must satisfy 0 < dt_min <= dt_max < inf, got '
                              f'dt_min={dt_min!r}, dt_max={dt_max!r}')
@@ -214,14 +252,25 @@ class DendriticDynamics(BaseModule):
         self.chunk_size = chunk_size
         self.mode = mode
         ndir = 2 if bidirectional else 1
+        self.parameterization = parameterization
         # Leaks 1..k (distinct: eigh's gradient needs distinct eigenvalues), weak coupling,
         # step sizes log-uniform in [dt_min, dt_max], unit input, random readout, unit skip.
         leak = torch.arange(1, k + 1, dtype=torch.float32) - LEAK_MIN
-        self.leak_raw = nn.Parameter(_softplus_inverse(leak).expand(ndir, channels, k).clone())
-        self.coupling = nn.Parameter(torch.full((ndir, channels, k - 1), 0.5))
+        leak_raw = _softplus_inverse(leak).expand(ndir, channels, k).clone()
+        coupling = torch.full((ndir, channels, k - 1), 0.5)
         self.dt_raw = nn.Parameter(torch.logit(torch.rand(ndir, channels).clamp(1e-3, 1 - 1e-3)))
-        self.b = nn.Parameter(torch.ones(ndir, channels, k))
-        self.c = nn.Parameter(torch.randn(ndir, channels, k) / math.sqrt(k))
+        b = torch.ones(ndir, channels, k)
+        c = torch.randn(ndir, channels, k) / math.sqrt(k)
+        if parameterization == 'modal':
+            # Diagonalise the initial M once; from here on the modes are the parameters.
+            lam, vec = torch.linalg.eigh(tridiagonal_matrix(leak_raw, coupling))
+            leak_raw = _softplus_inverse(-lam - LEAK_MIN).float()
+            b, c = (torch.einsum('dcij,dci->dcj', vec, v.double()).float() for v in (b, c))
+        else:
+            self.coupling = nn.Parameter(coupling)
+        self.leak_raw = nn.Parameter(leak_raw)
+        self.b = nn.Parameter(b)
+        self.c = nn.Parameter(c)
         self.d = nn.Parameter(torch.ones(channels))
         self._cache: dict[str, tuple] = {}
 
@@ -243,13 +292,11 @@ class DendriticDynamics(BaseModule):
         return torch.exp(lo + (hi - lo) * torch.sigmoid(self.dt_raw))
 
     def state_matrix(self) -> Tensor:
-        """Continuous tridiagonal state matrix M, ``[D, C, k, k]`` (float64)."""
-        leak = LEAK_MIN + F.softplus(self.leak_raw.double())
-        gamma = self.coupling.double()
-        mag = gamma.abs()
-        diag = -(leak + F.pad(mag, (1, 0)) + F.pad(mag, (0, 1)))
-        return (torch.diag_embed(diag) + torch.diag_embed(gamma, 1)
-                + torch.diag_embed(gamma, -1))
+        """Continuous state matrix M in the parameters' basis, ``[D, C, k, k]`` (float64):
+        tridiagonal, or diagonal (the modes) for 'modal'."""
+        if self.parameterization == 'modal':
+            return torch.diag_embed(-(LEAK_MIN + F.softplus(self.leak_raw.double())))
+        return tridiagonal_matrix(self.leak_raw, self.coupling)
 
     def _cached(self, name: str, compute):
         """``compute()``, memoised while autograd is disabled until a parameter changes (new
@@ -277,16 +324,20 @@ class DendriticDynamics(BaseModule):
         return self._cached('modal', self._diagonalise)
 
     def _diagonalise(self) -> tuple[Tensor, Tensor, Tensor]:
-        matrix = self.state_matrix()
-        # The [D, C, k, k] matrices are tiny, but on an H200 every training-mode call showed a
-        # fixed ~0.8 GiB extra peak whatever the batch (cuSOLVER's batched eigh workspace), so
-        # diagonalise on the CPU and move the ~1 MB result back (autograd follows the moves).
-        lam, vec = torch.linalg.eigh(matrix.cpu())
-        lam, vec = lam.to(matrix.device), vec.to(matrix.device)
-        lam = lam.clamp(max=-LEAK_MIN)
+        if self.parameterization == 'modal':
+            lam = -(LEAK_MIN + F.softplus(self.leak_raw.double()))
+            b_mode, c_mode = self.b.double(), self.c.double()
+        else:
+            matrix = self.state_matrix()
+            # The [D, C, k, k] matrices are tiny, but on an H200 every training-mode call showed
+            # a fixed ~0.8 GiB extra peak whatever the batch (cuSOLVER's batched eigh
+            # workspace), so diagonalise on the CPU and move the ~1 MB result back (autograd
+            # follows the moves).
+            lam, vec = torch.linalg.eigh(matrix.cpu())
+            lam, vec = lam.to(matrix.device).clamp(max=-LEAK_MIN), vec.to(matrix.device)
+            b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
+            c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
         lam_dt = lam * self.step_size().double()[..., None]
-        b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
-        c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
         return lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode
 
     def _direction_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
@@ -417,4 +468,5 @@ class DendriticDynamics(BaseModule):
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, num_dendrites={self.num_dendrites}, '
                 f'mode={self.mode!r}, bidirectional={self.bidirectional}, order={self.order!r}, '
+                f'parameterization={self.parameterization!r}, '
                 f'dt=[{self.dt_min:g}, {self.dt_max:g}]')

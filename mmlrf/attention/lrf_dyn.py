@@ -64,7 +64,7 @@ class LRFDyn(TokenMixer):
         bn (bool): BatchNorm after each depth-wise conv of the LRF branch.
         query_gate (bool): multiply the output by the Q spikes.
         dynamics_cfg (dict | None): further :class:`DendriticDynamics` arguments
-            (``dt_min``, ``dt_max``, ``chunk_size``).
+            (``parameterization``, ``dt_min``, ``dt_max``, ``chunk_size``).
         **kwargs: see :class:`TokenMixer`.
 
     Shapes: ``q, k, x``: ``[T, B, C, H, W]``, ``v``: ``[T, B, Cv, H, W]`` →

@@ -5,8 +5,9 @@ For each case (shape, dtype) and each evaluation path (``triton``, ``scan``, ``f
 
 - time: median of CUDA-event-timed repeats after warm-up (``perf_counter`` on CPU), forward
   under ``no_grad`` and forward + backward (``y.backward(g)``, gradients of x and parameters);
-- the ``triton`` forward + backward split into the Triton kernels alone (``triton kernels
-  fwd+bwd``) and the parameter path alone (``params fwd+bwd``: diagonalisation, no tokens);
+- the ``triton`` forward + backward without the parameter path (``triton kernels fwd+bwd``),
+  and the parameter path alone for each parameterisation (``params fwd+bwd (modal)`` /
+  ``(tridiagonal)``: discretisation, plus the diagonalisation for 'tridiagonal'; no tokens);
 - extra memory: ``max_memory_allocated`` above the baseline that already holds the input, the
   upstream gradient and the cached parameters, minus the results themselves (the output ``y``;
   for forward + backward also ``x.grad``), reported in bytes and relative to the output tensor;
@@ -37,7 +38,7 @@ import time
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import torch
 
-from mmlrf.attention.dynamics import DendriticDynamics
+from mmlrf.attention.dynamics import PARAMETERIZATIONS, DendriticDynamics
 
 MODES = ('triton', 'scan', 'fft')
 
@@ -128,7 +129,8 @@ def reference(module: DendriticDynamics, x: torch.Tensor, g: torch.Tensor):
     return y.detach(), xd.grad
 
 
-def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float) -> list[dict]:
+def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float,
+               parameters: bool = True) -> list[dict]:
     dtype = getattr(torch, case['dtype'])
     shape = (case['batch'], case['channels'], case['height'], case['width'])
     torch.manual_seed(1)
@@ -160,6 +162,8 @@ def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float) 
     y_floor = torch.empty_like(x)
     record('floor copy', lambda: y_floor.copy_(x), 0)
     del y_floor
+    if parameters:
+        parameter_rows(case['channels'], device, record)
     for mode in MODES:
         if mode == 'triton' and device.type != 'cuda':
             continue
@@ -194,9 +198,8 @@ def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float) 
 
 def kernel_rows(module: DendriticDynamics, x: torch.Tensor, g: torch.Tensor, record,
                 out_bytes: int) -> None:
-    """Split ``triton fwd+bwd`` into its parts: the Triton kernels alone (``triton_scan`` on
-    leaf fp32 modal parameters, forward + backward of x and the parameters) and the parameter
-    path alone (diagonalisation + discretisation, forward + backward, no tokens)."""
+    """``triton fwd+bwd`` without the parameter path: ``triton_scan`` on leaf fp32 modal
+    parameters, forward + backward of x and the parameters."""
     from mmlrf.attention.dynamics_triton import triton_scan
     with torch.no_grad():
         log_a, b, c = (p[0] for p in module.modal_parameters())
@@ -209,22 +212,29 @@ def kernel_rows(module: DendriticDynamics, x: torch.Tensor, g: torch.Tensor, rec
         for t in [xs] + leaves:
             t.grad = None
 
-    def parameters():
+    record('triton kernels fwd+bwd', kernels, 2 * out_bytes)
+
+
+def parameter_rows(channels: int, device: torch.device, record) -> None:
+    """The parameter path alone, per parameterisation: discretisation (plus the diagonalisation
+    for 'tridiagonal'), forward + backward, no tokens; runs once per training step and layer."""
+    def parameters(module: DendriticDynamics) -> None:
         sum(p.sum() for p in module.modal_parameters()).backward()
         module.zero_grad(set_to_none=True)
 
-    record('triton kernels fwd+bwd', kernels, 2 * out_bytes)
-    record('params fwd+bwd', parameters, 0)
+    for name in PARAMETERIZATIONS:
+        module = DendriticDynamics(channels, 8, parameterization=name).to(device)
+        record(f'params fwd+bwd ({name})', lambda module=module: parameters(module), 0)
 
 
 def format_row(row: dict) -> str:
     shape = f"[{row['batch']},{row['channels']},{row['height']},{row['width']}] {row['dtype']}"
     if 'skipped' in row or 'error' in row:
-        return f"{shape:34s} {row['op']:16s} {row.get('skipped') or row.get('error')}"
+        return f"{shape:34s} {row['op']:28s} {row.get('skipped') or row.get('error')}"
     mem = (f"{row['extra_mib']:9.1f} MiB ({row['extra_vs_out']:.2f}x out)"
            if 'extra_mib' in row else '        -')
     errs = ' '.join(f'{k}={row[k]:.1e}' for k in ('err_y', 'err_gx') if k in row)
-    return f"{shape:34s} {row['op']:16s} {row['ms']:9.3f} ms  extra {mem}  {errs}"
+    return f"{shape:34s} {row['op']:28s} {row['ms']:9.3f} ms  extra {mem}  {errs}"
 
 
 def main(argv=None) -> None:
@@ -244,8 +254,9 @@ def main(argv=None) -> None:
         info['triton'] = None
     print(info, flush=True)
     rows = []
-    for case in cases(args.smoke):
-        rows += bench_case(case, meter, device, deadline)
+    for i, case in enumerate(cases(args.smoke)):
+        # the parameter path depends on neither batch nor dtype: the first case measures it
+        rows += bench_case(case, meter, device, deadline, parameters=i == 0)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
     try:

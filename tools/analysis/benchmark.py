@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument('--timeout', type=float, default=None, help='per-case timeout (CPU), s')
     p.add_argument('--smoke', action='store_true',
                    help='shrink the cases to a quick dry run (toy model, tiny operators)')
+    p.add_argument('--fuse-conv-bn', action='store_true',
+                   help='--config inference: fold every BN into its conv first (mmcv fuse_conv_bn)')
     p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
@@ -65,12 +67,21 @@ def main(argv=None):
     torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     highlights = None
+    if args.preset and args.config:
+        sys.exit('error: --preset and --config are exclusive (a preset picks its model by '
+                 '--model-config)')
+    if args.fuse_conv_bn and not args.config:
+        sys.exit('error: --fuse-conv-bn applies to whole models given by --config')
     if args.preset:
         cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
     elif args.config:
         res = [tuple(int(s) for s in r.lower().split('x')) for r in args.resolution]
-        cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
-                               args.dtypes, args.cfg_options, args.attn_key)
+        try:
+            cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
+                                   args.dtypes, args.cfg_options, args.attn_key,
+                                   args.fuse_conv_bn)
+        except ValueError as err:
+            sys.exit(f'error: {err}')
     else:
         cases = bm.operator_cases(args.variants, args.tokens, args.channels, args.heads,
                                   args.v_ratio, args.batch, args.ts, args.modes, args.dtypes)
