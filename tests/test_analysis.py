@@ -1,5 +1,6 @@
 """Tests of the measurement tools (mmlrf.analysis): energy counting, benchmark, locality."""
 import json
+import os
 
 import mmlrf  # noqa: F401
 import pytest
@@ -9,6 +10,9 @@ from torch import nn
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis import energy
 from mmlrf.neurons import MultiSpike
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOY = os.path.join(ROOT, bm.TOY_CONFIG)
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -128,18 +132,54 @@ def test_benchmark_attention_map_attribution():
 
 
 def test_benchmark_fused_model_case(tmp_path):
-    """``fuse_conv_bn`` model cases run, form their own ratio group, and refuse training."""
+    """Fused model cases run, form their own ratio group, and refuse training."""
     cases = bm.smoke_cases(bm.model_cases(bm.MODEL_19M_CONFIG, ['official', 'lrf_dyn'],
-                                          [(1024, 1024)], fuse_conv_bn=True))
+                                          [(1024, 1024)], fused=(True,)))
     report = bm.run_benchmark(cases, 'cpu', str(tmp_path / 'f'), 'test', warmup=0, repeats=1,
                               isolate=False, log=lambda s: None)
     assert all('error' not in r for r in report['results']), report['results']
     assert all(r['batchnorms_folded'] > 0 for r in report['results'])
     (ratio,) = report['ratios']
     assert ratio['variant'] == 'lrf_dyn' and ratio['group'].endswith(' fused-BN')
-    with pytest.raises(ValueError, match='infer mode only'):
+    with pytest.raises(ValueError, match="infer mode"):
         bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], modes=['train'],
-                       fuse_conv_bn=True)
+                       fused=(False, True))
+    both = bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], fused=(False, True))
+    assert [c['fuse_conv_bn'] for c in both] == [False, True]
+
+
+# ---------------------------------------------------------------------------------- profiling
+def test_profile_attributes_time_to_leaf_modules():
+    from mmlrf.analysis.profile import format_profile, profile_forward
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Sequential(
+        torch.nn.BatchNorm2d(8), torch.nn.ReLU()), torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    report = profile_forward(model, lambda: model(x), torch.device('cpu'), iterations=2,
+                             warmup=0)
+    calls = {r['name']: r['calls'] for r in report['modules']}
+    assert calls == {'Conv2d': 2, 'BatchNorm2d': 1, 'ReLU': 1}  # leaves only, per pass
+    assert all(0 < r['share'] <= 1 for r in report['modules'])
+    assert sum(r['ms'] for r in report['modules']) <= report['profiled_ms'] + 1e-6
+    assert any('conv' in r['name'] for r in report['ops']) and report['op_calls'] > 4
+    assert 'outside leaf modules' in format_profile(report)
+    # hooks are removed afterwards
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
+    with pytest.raises(ValueError, match='iterations'):
+        profile_forward(model, lambda: model(x), torch.device('cpu'), iterations=0)
+
+
+def test_profile_model_tool_on_toy_config(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'profile_model', os.path.join(ROOT, 'tools', 'analysis', 'profile_model.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = str(tmp_path / 'p')
+    report = tool.main([TOY, '--variant', 'lrf_dyn', '--resolution', '64x64', '--iterations',
+                        '1', '--warmup', '0', '--fuse-conv-bn', '--out', out])
+    names = {r['name'] for r in report['modules']}
+    assert {'Conv2d', 'MultiSpike', 'DendriticDynamics'} <= names and 'BatchNorm2d' not in names
+    assert json.loads(open(out + '.json').read())['fuse_conv_bn'] is True
 
 
 def test_grid_and_variant_validation():

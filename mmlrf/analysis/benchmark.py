@@ -25,6 +25,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -241,8 +242,13 @@ def _dynamics_work(case: dict, device: torch.device) -> tuple[Callable[[], Any],
     def infer() -> Tensor:
         with torch.no_grad():
             return op(u)
-    return infer, dict(inputs_mib=_tensor_mib(u.numel(), dtype), weights_mib=_param_mib(op),
-                       output_mib=_tensor_mib(u.numel(), dtype))
+    info = dict(inputs_mib=_tensor_mib(u.numel(), dtype), weights_mib=_param_mib(op),
+                output_mib=_tensor_mib(u.numel(), dtype))
+    if op.resolved_mode(u) == 'triton':
+        from ..attention.dynamics_triton import chosen_configs
+        infer()  # autotunes: record which config the timed calls use
+        info['triton_configs'] = chosen_configs()
+    return infer, info
 
 
 def dynamics_cases(modes: list[str], n_tokens: int = 8192, channels: int = 1440,
@@ -253,38 +259,70 @@ def dynamics_cases(modes: list[str], n_tokens: int = 8192, channels: int = 1440,
                  v_ratio=1, batch=batch, T=1) for m in modes]
 
 
-def _load_model_cfg(case: dict):
+def variant_config(config: str, variant: str, cfg_options: dict | None = None,
+                   attn_key: str = 'model.backbone.attn') -> tuple[Any, str | None]:
+    """Load a segmentor config with its attention replaced by a benchmark variant.
+
+    Args:
+        config (str): config file.
+        variant (str): a :data:`VARIANTS` name, optionally ``lrf_dyn:<mode>``.
+        cfg_options (dict | None): overrides merged before the replacement.
+        attn_key (str): dotted key of the attention dict the variant replaces.
+
+    Returns:
+        (mmengine Config, dynamics mode or None)
+    """
     from mmengine.config import Config
-    cfg = Config.fromfile(case['config'])
-    if case.get('cfg_options'):
-        cfg.merge_from_dict(case['cfg_options'])
-    mixer_cfg, dyn_mode = parse_variant(case['variant'])
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    mixer_cfg, dyn_mode = parse_variant(variant)
     node = cfg
-    keys = case.get('attn_key', 'model.backbone.attn').split('.')
+    keys = attn_key.split('.')
     for key in keys[:-1]:
         node = node[key]
     node[keys[-1]] = mixer_cfg
     return cfg, dyn_mode
 
 
+def build_variant_model(config: str, variant: str, cfg_options: dict | None = None,
+                        attn_key: str = 'model.backbone.attn',
+                        device: str | torch.device = 'cpu',
+                        fuse_conv_bn: bool = False) -> tuple[nn.Module, Any, int | None]:
+    """Build the segmentor of :func:`variant_config` on ``device`` (training mode unless fused).
+
+    Args:
+        fuse_conv_bn (bool): fold every BN into its conv (``mmcv.cnn.fuse_conv_bn``; puts the
+            model in eval mode).
+        Others: see :func:`variant_config`.
+
+    Returns:
+        (model, config, number of BNs folded or None when not fused)
+    """
+    from mmseg.registry import MODELS
+
+    from .loading import init_mmseg
+    init_mmseg()
+    cfg, dyn_mode = variant_config(config, variant, cfg_options, attn_key)
+    model = MODELS.build(cfg.model).to(device)
+    set_dynamics_mode(model, dyn_mode)
+    if not fuse_conv_bn:
+        return model, cfg, None
+    from mmcv.cnn import fuse_conv_bn as fuse
+
+    from ..hooks import count_batchnorms
+    before = count_batchnorms(model)
+    return fuse(model.eval()), cfg, before - count_batchnorms(model)
+
+
 def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
     from mmengine.structures import PixelData
-    from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
 
     from ..attention import TokenMixer
-    from .loading import init_mmseg
-    init_mmseg()
-    cfg, dyn_mode = _load_model_cfg(case)
-    model = MODELS.build(cfg.model).to(device)
-    set_dynamics_mode(model, dyn_mode)
-    folded = None
-    if case.get('fuse_conv_bn'):
-        from mmcv.cnn import fuse_conv_bn
-
-        from ..hooks import count_batchnorms
-        before = count_batchnorms(model)
-        folded = before - count_batchnorms(fuse_conv_bn(model.eval()))
+    model, cfg, folded = build_variant_model(
+        case['config'], case['variant'], case.get('cfg_options'),
+        case.get('attn_key', 'model.backbone.attn'), device, case.get('fuse_conv_bn', False))
     dtype = _dtype(case['dtype'])
     b, (h, w) = case['batch'], case['resolution']
     gen = torch.Generator().manual_seed(0)
@@ -501,20 +539,22 @@ def operator_cases(variants: list[str], n_tokens: list[int], channels: int = 360
 def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, int]],
                 batches: list[int] = (1,), modes: list[str] = ('infer',),
                 dtypes: list[str] = ('float32',), cfg_options: dict | None = None,
-                attn_key: str = 'model.backbone.attn', fuse_conv_bn: bool = False) -> list[dict]:
-    """The cross product of the whole-model sweep (``fuse_conv_bn``: fold the BNs into their
-    convs before measuring; inference only).
+                attn_key: str = 'model.backbone.attn',
+                fused: Sequence[bool] = (False,)) -> list[dict]:
+    """The cross product of the whole-model sweep; ``fused`` lists the BN settings (True: fold
+    every BN into its conv before measuring, inference only), e.g. ``(False, True)`` for both.
 
     Raises:
-        ValueError: for ``fuse_conv_bn`` with a 'train' mode.
+        ValueError: for a fused case with a 'train' mode.
     """
-    if fuse_conv_bn and 'train' in modes:
-        raise ValueError('fuse_conv_bn folds eval-mode BatchNorms: it applies to the infer '
-                         f'mode only, got modes={list(modes)}')
+    if any(fused) and 'train' in modes:
+        raise ValueError('fused cases fold eval-mode BatchNorms: they apply to the infer mode '
+                         f'only, got modes={list(modes)}')
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
-                 attn_key=attn_key, fuse_conv_bn=fuse_conv_bn)
-            for mode in modes for dtype in dtypes for res in resolutions for b in batches
+                 attn_key=attn_key, fuse_conv_bn=fuse)
+            for fuse in fused for mode in modes for dtype in dtypes for res in resolutions
+            for b in batches
             for v in variants]
 
 

@@ -141,6 +141,13 @@ def tuned_forward(dtype: torch.dtype, num_modes: int, device: torch.device):
     return TUNED_FORWARD[key]
 
 
+def chosen_configs() -> dict[str, str]:
+    """The forward config the autotuner picked, per ``(dtype, k, device)`` and tuning key
+    (empty before the first autotuned launch)."""
+    return {str((key, tuned_key)): str(config) for key, tuned in TUNED_FORWARD.items()
+            for tuned_key, config in tuned.cache.items()}
+
+
 def launch_forward(u: Tensor, out: Tensor, log_a: Tensor, w: Tensor, d: Tensor, kern: Tensor,
                    reverse: bool, config=None) -> None:
     """Run the forward kernel: ``out = scan(u)`` (``[B, C, N]``, contiguous).

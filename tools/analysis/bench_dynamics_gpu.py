@@ -259,15 +259,10 @@ def main(argv=None) -> None:
         rows += bench_case(case, meter, device, deadline, parameters=i == 0)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
-    try:
-        from mmlrf.attention.dynamics_triton import TUNED_FORWARD
-        info['triton_configs'] = {str((key, tuned_key)): str(config)
-                                  for key, tuned in TUNED_FORWARD.items()
-                                  for tuned_key, config in tuned.cache.items()}
-        info['triton_candidates'] = {str(key): [str(c) for c in tuned.configs]
-                                     for key, tuned in TUNED_FORWARD.items()}
-    except Exception:  # no triton / no GPU: nothing was tuned
-        info['triton_configs'] = None
+    from mmlrf.attention.dynamics_triton import TUNED_FORWARD, chosen_configs
+    info['triton_configs'] = chosen_configs() or None  # None: no triton / no GPU, nothing tuned
+    info['triton_candidates'] = {str(key): [str(c) for c in tuned.configs]
+                                 for key, tuned in TUNED_FORWARD.items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(dict(info=info, rows=rows), f, indent=1)

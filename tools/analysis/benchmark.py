@@ -10,6 +10,12 @@ Examples::
     # whole models from a config
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 512x512 1024x2048 --batch 1
+    # ... and again with every BatchNorm folded into its conv, in the same run (inference only)
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn
+    # LRF-Dyn with the learnable tridiagonal M (re-diagonalised every step) vs the modal default
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn lrf_dyn_tridiagonal --modes train
 """
 import argparse
 import sys
@@ -51,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument('--smoke', action='store_true',
                    help='shrink the cases to a quick dry run (toy model, tiny operators)')
     p.add_argument('--fuse-conv-bn', action='store_true',
-                   help='--config inference: fold every BN into its conv first (mmcv fuse_conv_bn)')
+                   help='--config inference: also measure every case with each BN folded into '
+                        'its conv (mmcv fuse_conv_bn), in the same run')
     p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
@@ -79,7 +86,7 @@ def main(argv=None):
         try:
             cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
                                    args.dtypes, args.cfg_options, args.attn_key,
-                                   args.fuse_conv_bn)
+                                   (False, True) if args.fuse_conv_bn else (False,))
         except ValueError as err:
             sys.exit(f'error: {err}')
     else:

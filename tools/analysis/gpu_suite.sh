@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check + benchmark suite (issue 5 targets + issue 4 GPU rows), ~5 minutes on one H200.
+# One-shot GPU check + benchmark suite for the issue-5 targets, ~5 minutes on one H200.
 #
 #   tools/analysis/gpu_suite.sh --prepare   # HERE (dev machine): copy the pure-Python OpenMMLab
 #                                           # packages of .venv into .gpu_site/ for carrying
@@ -10,8 +10,12 @@
 # pyyaml, but no OpenMMLab: mmcv imports cv2 at import time, so mmseg (and therefore mmlrf) need
 # opencv, which the image has; the rest (mmengine, mmcv-lite, mmsegmentation, mmpretrain and
 # their small pure-Python deps) travels in .gpu_site (about 27 MB, ignored by git).
-# Writes 8 files to $OUT: dynamics.json, issue5.{json,png}, issue5_tf32.{json,png},
-# sweep.{json,png}, suite.log. (--preset issue4 is a subset of issue5 + sweep on GPU.) TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
+# Writes to $OUT: dynamics.json (operator alone, parameter path per parameterisation),
+# issue5.{json,png} (the preset: operators, 1x1024x2048 inference, 8x512x512 training step),
+# fused.{json,png} (1x1024x2048 inference with the BNs folded into the convs),
+# train_tridiagonal.{json,png} (the training step with the re-diagonalised tridiagonal M),
+# profile{,_fused}.json (where the LRF-Dyn model's inference time goes), suite.log.
+# TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SITE_PKGS=(addict ftfy importlib_metadata lazy_importer mmcv mmengine mmpretrain mmseg modelindex
@@ -43,10 +47,11 @@ MODEL=configs/_base_/models/fpn_sdtv3.py
 if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
-    LIMIT=600 SMOKE=1 RES_FAST=64x128
+    LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=2 DEVICE=cpu
+    MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
-    LIMIT=95 SMOKE='' RES_FAST=1024x2048
+    LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
 fi
 
 {
@@ -63,11 +68,19 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
         --out "$OUT/dynamics.json" | grep -v Warning
     # issue 5 targets (TF32 off: fp32 as the parity check needs it)
     timeout $LIMIT $PY tools/analysis/benchmark.py --preset issue5 "${ARGS[@]}" --out "$OUT/issue5"
-    # the whole-model rows again with PyTorch/mmseg's usual speed settings (TF32, cuDNN autotune)
+    # whole-model inference with every BN folded into its conv (tools/test.py --fuse-conv-bn)
     timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
-        --tf32 --cudnn-benchmark --out "$OUT/issue5_tf32"
-    # issue 4 rows: 19M official vs LRF-SSA vs LRF-Dyn, 512x512 / 1024x2048, batch 1 / 8
-    timeout $LIMIT $PY tools/analysis/benchmark.py --preset sweep "${ARGS[@]}" --out "$OUT/sweep"
+        --fuse-conv-bn --out "$OUT/fused"
+    # the training step once more with the learnable tridiagonal M (eigh every step)
+    timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants official lrf_dyn lrf_dyn_tridiagonal --resolution ${RES_TRAIN} \
+        --batch ${BATCH_TRAIN} --modes train "${ARGS[@]}" --out "$OUT/train_tridiagonal"
+    # where the inference time goes (per leaf-module type and operator), unfused and fused
+    for fused in "" "--fuse-conv-bn"; do
+        timeout $((LIMIT / 3)) $PY tools/analysis/profile_model.py "$MODEL" --variant lrf_dyn \
+            --resolution ${RES_FAST} --device ${DEVICE} --iterations 3 --warmup 2 ${fused} \
+            --out "$OUT/profile${fused:+_fused}" | grep -v Warning
+    done
     date -u
 } 2>&1 | tee "$LOG"
