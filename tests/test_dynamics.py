@@ -316,3 +316,30 @@ def test_modal_never_diagonalises_after_init(monkeypatch):
     assert calls == []
     tridiagonal(x).sum().backward()
     assert calls == [(1, 4, 8, 8)]
+
+
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_tridiagonal_checkpoint_loads_into_modal_module(bidirectional):
+    """A checkpoint of the learnable-tridiagonal form loads (strictly, through torch and through
+    mmengine) into a modal module as the same operator: M is diagonalised on load."""
+    from mmengine.runner.checkpoint import load_state_dict
+    kwargs = dict(channels=3, num_dendrites=4, bidirectional=bidirectional, order='column')
+    tridiagonal = randomise(DendriticDynamics(parameterization='tridiagonal', **kwargs), seed=10)
+    x = torch.randn(2, 3, 3, 4)
+    expect = naive_forward(tridiagonal.double(), x.double())
+    state = tridiagonal.float().state_dict()
+    for load in (lambda m, s: m.load_state_dict(s), lambda m, s: load_state_dict(m, s, True)):
+        modal = DendriticDynamics(mode='scan', **kwargs)
+        load(modal, dict(state))
+        assert 'coupling' not in modal.state_dict()
+        assert rel_err(modal.double()(x.double()), expect) < 1e-6  # float32 checkpoint
+
+
+def test_modal_checkpoint_loads_into_tridiagonal_module():
+    """The reverse: a modal checkpoint is the tridiagonal system with zero couplings."""
+    modal = randomise(DendriticDynamics(3, 4, order='snake'), seed=11)
+    tridiagonal = DendriticDynamics(3, 4, order='snake', parameterization='tridiagonal')
+    tridiagonal.load_state_dict(modal.state_dict())
+    assert (tridiagonal.coupling == 0).all()
+    x = torch.randn(2, 3, 3, 4, dtype=torch.float64)
+    assert rel_err(tridiagonal.double()(x), naive_forward(modal.double(), x)) < 1e-10

@@ -35,7 +35,8 @@ Two parameterisations of this system (``parameterization``):
   except for round-off) whenever the parameters change; on a GPU that costs a host round trip
   per call in training (see docs/benchmarks.md). For coupling ablations.
 
-Under the same random seed both start as the same operator.
+Under the same random seed both start as the same operator, and a checkpoint of either form
+loads into a module of the other as the same operator (:func:`modal_form` on load).
 
 Evaluation modes of the same operator (attribute :attr:`DendriticDynamics.mode`, changeable
 after construction):
@@ -124,6 +125,27 @@ def tridiagonal_matrix(leak_raw: Tensor, coupling: Tensor) -> Tensor:
     mag = gamma.abs()
     diag = -(LEAK_MIN + F.softplus(leak_raw.double()) + F.pad(mag, (1, 0)) + F.pad(mag, (0, 1)))
     return torch.diag_embed(diag) + torch.diag_embed(gamma, 1) + torch.diag_embed(gamma, -1)
+
+
+def modal_form(leak_raw: Tensor, coupling: Tensor, b: Tensor,
+               c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The 'modal' parameters of the same system as the 'tridiagonal' ones (float64).
+
+    With ``M = V Λ Vᵀ`` (:func:`tridiagonal_matrix`): the modal leaks
+    ``softplus⁻¹(−λ − LEAK_MIN)`` (λ clamped to ``< −LEAK_MIN`` against round-off), ``Vᵀ b`` and
+    ``Vᵀ c``; Δ and d are shared by both forms.
+
+    Args:
+        leak_raw, b, c (Tensor): ``[..., k]``.
+        coupling (Tensor): ``[..., k−1]``.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: modal ``leak_raw``, ``b``, ``c``, each ``[..., k]``.
+    """
+    lam, vec = torch.linalg.eigh(tridiagonal_matrix(leak_raw, coupling))
+    leak = (-lam - LEAK_MIN).clamp(min=1e-12)
+    return (_softplus_inverse(leak), torch.einsum('...ij,...i->...j', vec, b.double()),
+            torch.einsum('...ij,...i->...j', vec, c.double()))
 
 
 def fft_conv(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor) -> Tensor:
@@ -263,9 +285,7 @@ class DendriticDynamics(BaseModule):
         c = torch.randn(ndir, channels, k) / math.sqrt(k)
         if parameterization == 'modal':
             # Diagonalise the initial M once; from here on the modes are the parameters.
-            lam, vec = torch.linalg.eigh(tridiagonal_matrix(leak_raw, coupling))
-            leak_raw = _softplus_inverse(-lam - LEAK_MIN).float()
-            b, c = (torch.einsum('dcij,dci->dcj', vec, v.double()).float() for v in (b, c))
+            leak_raw, b, c = (t.float() for t in modal_form(leak_raw, coupling, b, c))
         else:
             self.coupling = nn.Parameter(coupling)
         self.leak_raw = nn.Parameter(leak_raw)
@@ -273,6 +293,24 @@ class DendriticDynamics(BaseModule):
         self.c = nn.Parameter(c)
         self.d = nn.Parameter(torch.ones(channels))
         self._cache: dict[str, tuple] = {}
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        """Checkpoints of the other parameterisation load as the same operator: a 'tridiagonal'
+        one (it has ``coupling``) into a 'modal' module through :func:`modal_form`; a 'modal'
+        one into a 'tridiagonal' module as the diagonal M it is (zero couplings)."""
+        keys = [prefix + n for n in ('leak_raw', 'coupling', 'b', 'c')]
+        leak_key, coupling_key, b_key, c_key = keys
+        present = [k in state_dict for k in keys]
+        if self.parameterization == 'modal' and all(present):
+            modal = modal_form(*(state_dict[k] for k in keys))
+            del state_dict[coupling_key]
+            for key, value in zip((leak_key, b_key, c_key), modal):
+                state_dict[key] = value.to(state_dict[key].dtype)
+        elif self.parameterization == 'tridiagonal' and present == [True, False, True, True]:
+            leak_raw = state_dict[leak_key]
+            state_dict[coupling_key] = leak_raw.new_zeros(*leak_raw.shape[:-1],
+                                                          leak_raw.shape[-1] - 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def mode(self) -> str:
