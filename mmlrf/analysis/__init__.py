@@ -7,7 +7,8 @@ Submodules (imported on demand, so ``import mmlrf`` stays light):
   same-run ratios, JSON + PNG reports.
 * :mod:`~mmlrf.analysis.energy`: firing rates, SOPs / MACs and energy from forward hooks.
 * :mod:`~mmlrf.analysis.locality`: token-to-token weight vs distance, entropy, ERF maps.
+* :mod:`~mmlrf.analysis.profile`: time of one forward pass per leaf-module type and operator.
 * :mod:`~mmlrf.analysis.loading`: build a segmentor from a config and get input batches.
 * :mod:`~mmlrf.analysis.plotting`: matplotlib (Agg) helpers.
 """
-__all__ = ['memory', 'benchmark', 'energy', 'locality', 'loading', 'plotting']
+__all__ = ['memory', 'benchmark', 'energy', 'locality', 'loading', 'plotting', 'profile']

@@ -315,6 +315,22 @@ def build_variant_model(config: str, variant: str, cfg_options: dict | None = No
     return fuse(model.eval()), cfg, before - count_batchnorms(model)
 
 
+def _graphed(infer: Callable[[], Tensor], device: torch.device) -> tuple[Callable[[], Any],
+                                                                          float]:
+    """``infer`` replayed as a CUDA graph, and the peak memory of its capture in MiB (the pool
+    the graph keeps: a replay allocates nothing, so the case's ``peak_mib`` misses it)."""
+    from ..cuda_graph import GraphedForward
+    if device.type != 'cuda':
+        raise ValueError(f'cuda_graph cases need a CUDA device, got {device}')
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    graphed = GraphedForward(lambda _: infer(), torch.zeros(1, device=device))
+    torch.cuda.synchronize(device)
+    pool_mib = (torch.cuda.max_memory_allocated(device) - base) / MIB
+    return (lambda: graphed(graphed.static_input)), pool_mib
+
+
 def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
@@ -341,8 +357,10 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
         attn_terms.append(mixer_state_terms(mixer, shape_q, tuple(v.shape), dtype))
     handles = [m.register_forward_pre_hook(record) for m in model.modules()
                if isinstance(m, TokenMixer)]
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else torch.autocast(device.type, enabled=False))
+    # a CUDA graph must not depend on autocast's cache of cast weights (freed on exit)
+    autocast = (torch.autocast(device.type, dtype=dtype,
+                               cache_enabled=not case.get('cuda_graph'))
+                if dtype != torch.float32 else torch.autocast(device.type, enabled=False))
     if not train:
         def infer() -> Tensor:
             with torch.no_grad(), autocast:
@@ -368,6 +386,8 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
         info['saved_for_backward_mib'] = meter.bytes / MIB
     for hd in handles:
         hd.remove()
+    if case.get('cuda_graph'):
+        infer, info['graph_pool_mib'] = _graphed(infer, device)
     if attn_terms:
         per_layer = [sum(t.values()) for t in attn_terms]
         info['analytic_mib'] = dict(attention_state_max_layer=max(per_layer),
@@ -473,6 +493,8 @@ def group_key(result: dict) -> str:
         shape = f"{os.path.basename(result['config'])} {result['batch']}x{h}x{w}"
         if result.get('fuse_conv_bn'):
             shape += ' fused-BN'
+        if result.get('cuda_graph'):
+            shape += ' cuda-graph'
 
     else:
         shape = (f"N={result['n_tokens']} C={result['channels']} heads={result['heads']} "
@@ -539,22 +561,24 @@ def operator_cases(variants: list[str], n_tokens: list[int], channels: int = 360
 def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, int]],
                 batches: list[int] = (1,), modes: list[str] = ('infer',),
                 dtypes: list[str] = ('float32',), cfg_options: dict | None = None,
-                attn_key: str = 'model.backbone.attn',
-                fused: Sequence[bool] = (False,)) -> list[dict]:
-    """The cross product of the whole-model sweep; ``fused`` lists the BN settings (True: fold
-    every BN into its conv before measuring, inference only), e.g. ``(False, True)`` for both.
+                attn_key: str = 'model.backbone.attn', fused: Sequence[bool] = (False,),
+                graphed: Sequence[bool] = (False,)) -> list[dict]:
+    """The cross product of the whole-model sweep. ``fused`` lists the BN settings (True: fold
+    every BN into its conv before measuring) and ``graphed`` the launch settings (True: replay
+    the forward as one CUDA graph, :class:`mmlrf.cuda_graph.GraphedForward`), e.g.
+    ``(False, True)`` for both; True applies to inference only.
 
     Raises:
-        ValueError: for a fused case with a 'train' mode.
+        ValueError: for a fused or graphed setting with a 'train' mode.
     """
-    if any(fused) and 'train' in modes:
-        raise ValueError('fused cases fold eval-mode BatchNorms: they apply to the infer mode '
-                         f'only, got modes={list(modes)}')
+    if (any(fused) or any(graphed)) and 'train' in modes:
+        raise ValueError('fused and graphed cases measure inference: they apply to the infer '
+                         f'mode only, got modes={list(modes)}')
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
-                 attn_key=attn_key, fuse_conv_bn=fuse)
-            for fuse in fused for mode in modes for dtype in dtypes for res in resolutions
-            for b in batches
+                 attn_key=attn_key, fuse_conv_bn=fuse, cuda_graph=graph)
+            for fuse in fused for graph in graphed for mode in modes for dtype in dtypes
+            for res in resolutions for b in batches
             for v in variants]
 
 

@@ -1,12 +1,12 @@
 """Where a forward pass spends its time: per leaf-module type and per operator (torch.profiler).
 
 Every leaf module (no children: ``Conv2d``, ``BatchNorm2d``, ``MultiSpike``,
-``DendriticDynamics``, ...) runs inside a profiler range named ``module::<class name>``, so
-the report attributes device time (CUDA) or CPU time (CPU) to module types. Work outside
-every leaf module (residual adds, attention products, resizes written as functions) is the
-``outside leaf modules`` row: the (profiled) wall time minus the module rows (on a GPU this includes the
-idle time between kernels, e.g. launch overhead). Operators are listed by self
-time, with their calls per pass (on a GPU, many small calls mean launch overhead).
+``DendriticDynamics``, ...) runs inside a profiler range named ``module::<class name>``, so the
+report attributes device time (CUDA) or CPU time (CPU) to module types. Work outside every leaf
+module (residual adds, attention products, resizes written as functions) is the ``outside leaf
+modules`` row: the profiled wall time minus the module rows (on a GPU this includes the idle
+time between kernels, e.g. launch overhead). Operators are listed by self time, with their calls
+per pass (on a GPU, many small calls mean launch overhead).
 """
 from __future__ import annotations
 

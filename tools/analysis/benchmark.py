@@ -13,6 +13,9 @@ Examples::
     # ... and again with every BatchNorm folded into its conv, in the same run (inference only)
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn
+    # ... and replayed as one CUDA graph (GPU only; both settings in the same run)
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --cuda-graph
     # LRF-Dyn with the learnable tridiagonal M (re-diagonalised every step) vs the modal default
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn lrf_dyn_tridiagonal --modes train
@@ -59,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument('--fuse-conv-bn', action='store_true',
                    help='--config inference: also measure every case with each BN folded into '
                         'its conv (mmcv fuse_conv_bn), in the same run')
+    p.add_argument('--cuda-graph', action='store_true',
+                   help='--config inference on CUDA: also measure every case replayed as one '
+                        'CUDA graph, in the same run')
     p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
@@ -77,8 +83,11 @@ def main(argv=None):
     if args.preset and args.config:
         sys.exit('error: --preset and --config are exclusive (a preset picks its model by '
                  '--model-config)')
-    if args.fuse_conv_bn and not args.config:
-        sys.exit('error: --fuse-conv-bn applies to whole models given by --config')
+    for flag, on in (('--fuse-conv-bn', args.fuse_conv_bn), ('--cuda-graph', args.cuda_graph)):
+        if on and not args.config:
+            sys.exit(f'error: {flag} applies to whole models given by --config')
+    if args.cuda_graph and not args.device.startswith('cuda'):
+        sys.exit(f'error: --cuda-graph needs a CUDA --device, got {args.device!r}')
     if args.preset:
         cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
     elif args.config:
@@ -86,7 +95,8 @@ def main(argv=None):
         try:
             cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
                                    args.dtypes, args.cfg_options, args.attn_key,
-                                   (False, True) if args.fuse_conv_bn else (False,))
+                                   (False, True) if args.fuse_conv_bn else (False,),
+                                   (False, True) if args.cuda_graph else (False,))
         except ValueError as err:
             sys.exit(f'error: {err}')
     else:

@@ -12,7 +12,8 @@
 # their small pure-Python deps) travels in .gpu_site (about 27 MB, ignored by git).
 # Writes to $OUT: dynamics.json (operator alone, parameter path per parameterisation),
 # issue5.{json,png} (the preset: operators, 1x1024x2048 inference, 8x512x512 training step),
-# fused.{json,png} (1x1024x2048 inference with the BNs folded into the convs),
+# fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs, eager / one CUDA
+# graph; the graph's memory is its capture peak, graph_pool_mib),
 # train_tridiagonal.{json,png} (the training step with the re-diagonalised tridiagonal M),
 # profile{,_fused}.json (where the LRF-Dyn model's inference time goes), suite.log.
 # TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
@@ -47,11 +48,12 @@ MODEL=configs/_base_/models/fpn_sdtv3.py
 if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
-    LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=2 DEVICE=cpu
+    LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=2 DEVICE=cpu GRAPH=()
     MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
     LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
+    GRAPH=(--cuda-graph)
 fi
 
 {
@@ -59,9 +61,10 @@ fi
     $PY -c "import torch, mmlrf, mmseg, mmengine; print('torch', torch.__version__, 'cuda',
 torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__version__)" || exit 1
     if [[ -z "${SMOKE}" ]]; then
-        # the Triton kernels' correctness on this GPU first (forward and gradients vs float64 FFT)
-        timeout 60 $PY -m pytest tests/test_dynamics_fast.py -q -k "triton or cuda" \
-            -p no:cacheprovider 2>&1 | tail -4
+        # the Triton kernels' correctness on this GPU first (forward and gradients vs float64
+        # FFT), and the CUDA-graph replay against eager inference
+        timeout 90 $PY -m pytest tests/test_dynamics_fast.py tests/test_cuda_graph.py -q \
+            -k "triton or cuda or graph" -p no:cacheprovider 2>&1 | tail -4
     fi
     # the dendritic operator alone: floor, triton / scan / fft, fp32 and bf16
     timeout 65 $PY tools/analysis/bench_dynamics_gpu.py ${SMOKE:+--smoke} --budget 45 \
@@ -69,9 +72,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     # issue 5 targets (TF32 off: fp32 as the parity check needs it)
     timeout $LIMIT $PY tools/analysis/benchmark.py --preset issue5 "${ARGS[@]}" --out "$OUT/issue5"
     # whole-model inference with every BN folded into its conv (tools/test.py --fuse-conv-bn)
-    timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+    # and (GPU) replayed as one CUDA graph, every combination in one run
+    timeout $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
-        --fuse-conv-bn --out "$OUT/fused"
+        --fuse-conv-bn "${GRAPH[@]}" --out "$OUT/fused"
     # the training step once more with the learnable tridiagonal M (eigh every step)
     timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn lrf_dyn_tridiagonal --resolution ${RES_TRAIN} \

@@ -1,0 +1,60 @@
+"""CUDA-graph replay of fixed-shape inference (mmlrf.cuda_graph) and its benchmark cases."""
+import os
+import subprocess
+import sys
+
+import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
+import pytest
+import torch
+
+from mmlrf.analysis import benchmark as bm
+from mmlrf.cuda_graph import GraphedForward
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+
+
+def test_cpu_example_and_bad_warmup_are_refused():
+    with pytest.raises(ValueError, match='CUDA example'):
+        GraphedForward(lambda x: x * 2, torch.zeros(3))
+    with pytest.raises(ValueError, match='CUDA example'):
+        GraphedForward(lambda x: x * 2, [0.0])
+
+
+def test_graphed_cases_are_inference_only_and_need_cuda():
+    with pytest.raises(ValueError, match='infer mode'):
+        bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], modes=['train'],
+                       graphed=(True,))
+    cases = bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], fused=(False, True),
+                           graphed=(False, True))
+    assert [(c['fuse_conv_bn'], c['cuda_graph']) for c in cases] == [
+        (False, False), (False, True), (True, False), (True, True)]
+    assert bm.group_key(cases[3]).endswith(' fused-BN cuda-graph')
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py'),
+                          '--config', bm.TOY_CONFIG, '--cuda-graph', '--device', 'cpu'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and '--cuda-graph needs a CUDA --device' in out.stderr
+
+
+@needs_cuda
+def test_graphed_segmentor_equals_eager_for_new_inputs():
+    model, _, _ = bm.build_variant_model(os.path.join(ROOT, bm.TOY_CONFIG), 'lrf_dyn',
+                                         device='cuda')
+    model.eval()
+    gen = torch.Generator().manual_seed(0)
+    frames = [torch.randn(1, 3, 64, 64, generator=gen).cuda() for _ in range(3)]
+    graphed = GraphedForward(lambda x: model(x, mode='tensor'), frames[0])
+    for frame in frames:
+        with torch.no_grad():
+            expect = model(frame, mode='tensor')
+        torch.testing.assert_close(graphed(frame), expect)
+    with pytest.raises(ValueError, match='captured for'):
+        graphed(torch.zeros(1, 3, 32, 32, device='cuda'))
+
+
+@needs_cuda
+def test_graphed_benchmark_case_reports_its_pool():
+    cases = bm.model_cases(os.path.join(ROOT, bm.TOY_CONFIG), ['lrf_dyn'], [(64, 64)],
+                           graphed=(True,))
+    row = bm.run_case(cases[0], 'cuda', warmup=1, repeats=2)
+    assert 'error' not in row and row['graph_pool_mib'] > 0 and row['time_ms'] > 0
