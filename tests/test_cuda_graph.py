@@ -1,4 +1,5 @@
 """CUDA-graph replay of fixed-shape inference (mmlrf.cuda_graph) and its benchmark cases."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,50 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
-def test_cpu_example_and_bad_warmup_are_refused():
+HOST_SYNCS = ('item', 'cpu', 'tolist', 'numpy', '__bool__', '__int__', '__float__', '__index__')
+
+
+@contextlib.contextmanager
+def record_host_syncs():
+    """Record calls of the Tensor methods that would synchronise a CUDA tensor with the host."""
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_SYNCS}
+
+    def spy(name):
+        def method(self, *args, **kwargs):
+            calls.append(name)
+            return originals[name](self, *args, **kwargs)
+        return method
+    for name in HOST_SYNCS:
+        setattr(torch.Tensor, name, spy(name))
+    try:
+        yield calls
+    finally:
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+
+
+@pytest.mark.parametrize('variant', ['official', 'lrf_ssa', 'lrf_dyn', 'lrf_dyn:stream'])
+def test_inference_has_no_host_synchronisation(variant):
+    """What CUDA-graph capture needs, checked on the CPU: after a first call (caches filled), an
+    eval forward calls none of the host-synchronising Tensor methods. Control: the tridiagonal
+    dynamics in training mode do (their eigh runs on the host)."""
+    model, _, _ = bm.build_variant_model(os.path.join(ROOT, bm.TOY_CONFIG), variant)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x, mode='tensor')
+        with record_host_syncs() as calls:
+            model(x, mode='tensor')
+    assert calls == []
+    from mmlrf.attention.dynamics import DendriticDynamics
+    control = DendriticDynamics(4, mode='scan', parameterization='tridiagonal')
+    with record_host_syncs() as calls:
+        control(torch.randn(1, 4, 3, 3))
+    assert 'cpu' in calls
+
+
+def test_non_cuda_examples_are_refused():
     with pytest.raises(ValueError, match='CUDA example'):
         GraphedForward(lambda x: x * 2, torch.zeros(3))
     with pytest.raises(ValueError, match='CUDA example'):
