@@ -180,6 +180,11 @@ def test_profile_model_tool_on_toy_config(tmp_path):
     names = {r['name'] for r in report['modules']}
     assert {'Conv2d', 'MultiSpike', 'DendriticDynamics'} <= names and 'BatchNorm2d' not in names
     assert json.loads(open(out + '.json').read())['fuse_conv_bn'] is True
+    for bad, message in ((['missing.py'], 'config file not found'),
+                         ([TOY, '--variant', 'nope'], 'variant must be one of'),
+                         ([TOY, '--resolution', '64'], 'HxW')):
+        with pytest.raises(SystemExit, match=message):
+            tool.main(bad)
 
 
 def test_grid_and_variant_validation():

@@ -2,7 +2,7 @@
 Attention", NeurIPS 2024): three stages, Q-K token attention in the first two, SSA in the last."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS

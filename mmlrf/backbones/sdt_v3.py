@@ -8,7 +8,7 @@ weights ``[out, in, 1, 1]`` here (see :mod:`mmlrf.convert.sdtv3`).
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.utils.checkpoint as cp

@@ -3,7 +3,7 @@ Transformer", ICLR 2023) with a spiking multi-scale adapter for dense prediction
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmengine.model import BaseModule
 from mmpretrain.registry import MODELS as PRETRAIN_MODELS

@@ -9,7 +9,7 @@ read that stream directly (no neuron in front of the attention block). All modul
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 from mmengine.model import BaseModule
 from torch import Tensor, nn

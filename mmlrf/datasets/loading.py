@@ -14,7 +14,7 @@ Channel rule (mmlrf backbones take 3-channel images): files are decoded with Ope
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from mmcv.transforms import LoadImageFromFile
 from mmengine import fileio
@@ -46,7 +46,7 @@ class LoadImageFromFileChecked(LoadImageFromFile):
     IMDECODE_BACKENDS = ('cv2', 'pillow')
 
     def __init__(self, to_float32: bool = False, imdecode_backend: str = 'cv2',
-                 backend_args: Optional[dict] = None) -> None:
+                 backend_args: dict | None = None) -> None:
         if imdecode_backend not in self.IMDECODE_BACKENDS:
             raise ValueError(f'imdecode_backend must be one of {self.IMDECODE_BACKENDS}, '
                              f'got {imdecode_backend!r}')

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead

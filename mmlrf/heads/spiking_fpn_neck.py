@@ -1,23 +1,16 @@
 """Spiking FPN neck of the SDT-V3 segmentation protocol (official ``QFPN``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..layers import ConvBN
 from ..neurons import build_neuron
 from ..neurons.fused import spike_conv2d
-
-
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, bias: bool) -> nn.Sequential:
-    """``Conv2d`` (index 0, padding ``kernel_size // 2``) → ``BatchNorm2d`` (index 1) on
-    ``[B, C, H, W]``."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias),
-        nn.BatchNorm2d(out_channels))
 
 
 def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
@@ -31,11 +24,11 @@ def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
     return (neuron(x, inplace=True) if inplace else neuron(x)).squeeze(0)
 
 
-def spike_conv_bn(conv_bn: nn.Sequential, spikes: Tensor) -> Tensor:
-    """``conv_bn[1](conv_bn[0](spikes))`` on ``[B, C, H, W]``; the conv saves the 1-byte spike
-    code of a multi-spike input instead of the float spikes
+def spike_conv_bn(pair: ConvBN, spikes: Tensor) -> Tensor:
+    """``pair[1](pair[0](spikes))`` on a single-step ``[B, C, H, W]`` map; the conv saves the
+    1-byte spike code of a multi-spike input instead of the float spikes
     (:func:`~mmlrf.neurons.fused.spike_conv2d`)."""
-    return conv_bn[1](spike_conv2d(conv_bn[0], spikes))
+    return pair[1](spike_conv2d(pair[0], spikes))
 
 
 @MODELS.register_module()
@@ -80,10 +73,10 @@ class SpikingFPN(BaseModule):
         self.out_channels = out_channels
         self.num_outs = len(in_channels)
         self.lateral_convs = nn.ModuleList(
-            [conv_bn(c, out_channels, 1, bias=True) for c in in_channels])
+            [ConvBN(c, out_channels, 1, bias=True) for c in in_channels])
         self.lateral_convs_spikes = nn.ModuleList([build_neuron(neuron) for _ in in_channels])
         self.fpn_convs = nn.ModuleList(
-            [conv_bn(out_channels, out_channels, 3, bias=True) for _ in in_channels])
+            [ConvBN(out_channels, out_channels, 3, bias=True) for _ in in_channels])
         self.fpn_convs_spikes = nn.ModuleList([build_neuron(neuron) for _ in in_channels])
 
     def forward(self, inputs: Sequence[Tensor]) -> tuple[Tensor, ...]:

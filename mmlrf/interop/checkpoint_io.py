@@ -21,12 +21,12 @@ Two mmengine extension points, both installed by importing this module:
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 import os.path as osp
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from mmengine.fileio import LocalBackend, register_backend
@@ -39,7 +39,7 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be deserialised (truncated, corrupt, not a checkpoint)."""
 
 
-def atomic_write(data: Union[bytes, str], filepath: Union[str, Path],
+def atomic_write(data: bytes | str, filepath: str | Path,
                  encoding: str = 'utf-8') -> None:
     """Write ``data`` to ``filepath`` so that readers see either the old file or the new one.
 
@@ -69,17 +69,17 @@ def atomic_write(data: Union[bytes, str], filepath: Union[str, Path],
 class AtomicLocalBackend(LocalBackend):
     """mmengine's ``LocalBackend`` whose ``put`` / ``put_text`` are atomic (see :func:`atomic_write`)."""
 
-    def put(self, obj: bytes, filepath: Union[str, Path]) -> None:
+    def put(self, obj: bytes, filepath: str | Path) -> None:
         """Atomically write bytes to ``filepath``."""
         atomic_write(obj, filepath)
 
-    def put_text(self, obj: str, filepath: Union[str, Path], encoding: str = 'utf-8') -> None:
+    def put_text(self, obj: str, filepath: str | Path, encoding: str = 'utf-8') -> None:
         """Atomically write text to ``filepath``."""
         atomic_write(obj, filepath, encoding=encoding)
 
 
 @CheckpointLoader.register_scheme(prefixes='', force=True)
-def load_from_local(filename: str, map_location: Optional[Any] = None) -> Any:
+def load_from_local(filename: str, map_location: Any = None) -> Any:
     """Load a local checkpoint, naming the file when it is missing or unreadable.
 
     Args:

@@ -19,15 +19,16 @@ from __future__ import annotations
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
 
 import torch
 from mmengine.logging import print_log
 from mmengine.runner.checkpoint import _load_checkpoint
 from torch import nn
 
-AUTO_PREFIXES: Tuple[str, ...] = ('', 'backbone.')
+AUTO_PREFIXES: tuple[str, ...] = ('', 'backbone.')
 _WRAPPER_PREFIX = re.compile(r'^module\.')
 _STATE_DICT_KEYS = ('state_dict', 'model', 'module')
 
@@ -52,11 +53,11 @@ class LoadReport:
 
     source: str
     prefix: str
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    unexpected: List[str] = field(default_factory=list)
-    mismatched: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
-    ignored: List[str] = field(default_factory=list)
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -66,7 +67,7 @@ class LoadReport:
     def format(self, max_keys: int = 20) -> str:
         """Human-readable multi-line summary (at most ``max_keys`` keys listed per group)."""
 
-        def block(title: str, items: List[str]) -> List[str]:
+        def block(title: str, items: list[str]) -> list[str]:
             if not items:
                 return []
             shown = [f'    {item}' for item in items[:max_keys]]
@@ -87,7 +88,7 @@ class LoadReport:
         return '\n'.join(lines)
 
 
-def extract_state_dict(checkpoint: Any, source: str = '<checkpoint>') -> Dict[str, torch.Tensor]:
+def extract_state_dict(checkpoint: Any, source: str = '<checkpoint>') -> dict[str, torch.Tensor]:
     """Return the tensor dict of a loaded checkpoint, with any ``module.`` wrapper prefix removed.
 
     Accepts mmengine checkpoints (``state_dict``), official ones (``model``), and bare state dicts.
@@ -116,8 +117,8 @@ def extract_state_dict(checkpoint: Any, source: str = '<checkpoint>') -> Dict[st
 
 
 def match_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                     prefix: Optional[str] = None, source: str = '<checkpoint>'
-                     ) -> Tuple[Dict[str, torch.Tensor], LoadReport]:
+                     prefix: str | None = None, source: str = '<checkpoint>'
+                     ) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """Select the checkpoint sub-tree for ``module`` and compare it key by key.
 
     Args:
@@ -138,7 +139,7 @@ def match_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
     report = LoadReport(source=source, prefix=prefix)
     selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
     report.ignored = [k for k in state_dict if not k.startswith(prefix)]
-    loadable: Dict[str, torch.Tensor] = OrderedDict()
+    loadable: dict[str, torch.Tensor] = OrderedDict()
     for key, target in expected.items():
         if key not in selected:
             report.missing.append(key)
@@ -151,7 +152,7 @@ def match_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
     return loadable, report
 
 
-def load_pretrained(module: nn.Module, checkpoint: str, prefix: Optional[str] = None,
+def load_pretrained(module: nn.Module, checkpoint: str, prefix: str | None = None,
                     strict: bool = True, map_location: str = 'cpu') -> LoadReport:
     """Load pretrained weights into ``module``, strictly by default, and report what happened.
 
@@ -210,7 +211,7 @@ class StrictPretrainedMixin:
                     "'checkpoint'; allowed: 'checkpoint' (required), 'prefix', 'strict', "
                     "'map_location'")
 
-    def _pretrained_cfgs(self) -> List[Mapping[str, Any]]:
+    def _pretrained_cfgs(self) -> list[Mapping[str, Any]]:
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
         return [c for c in cfgs if isinstance(c, Mapping) and c.get('type') == 'Pretrained']
 

@@ -47,12 +47,19 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if not os.path.isfile(args.config):
+        sys.exit(f'error: config file not found: {args.config!r}')
     try:
         height, width = (int(v) for v in args.resolution.lower().split('x'))
     except ValueError:
         sys.exit(f'error: --resolution must be HxW, got {args.resolution!r}')
     if args.batch < 1 or args.iterations < 1:
         sys.exit('error: --batch and --iterations must be >= 1')
+    if args.variant:
+        try:
+            bm.parse_variant(args.variant)
+        except ValueError as err:
+            sys.exit(f'error: --{err}')
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     device = torch.device(args.device)
