@@ -13,9 +13,10 @@ import sys
 
 import mmlrf  # noqa: F401  (must precede mmseg)
 import mmcv
-from mmcv.cnn import fuse_conv_bn
 from mmseg.apis import inference_model, init_model
 from mmseg.visualization import SegLocalVisualizer
+
+from mmlrf.hooks import fold_batchnorms
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> str:
         raise ValueError(f'--opacity must be in (0, 1], got {args.opacity}')
     model = init_model(args.config, args.checkpoint, device=args.device)
     if args.fuse_conv_bn:
-        fuse_conv_bn(model)
+        fold_batchnorms(model)
     result = inference_model(model, args.img)
     visualizer = SegLocalVisualizer(alpha=args.opacity)
     visualizer.dataset_meta = model.dataset_meta

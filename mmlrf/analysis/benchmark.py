@@ -65,17 +65,16 @@ def parse_variant(name: str) -> tuple[dict, str | None]:
     return copy.deepcopy(VARIANTS[base]), dyn_mode or None
 
 
-def set_dynamics_mode(module: nn.Module, mode: str | None) -> int:
-    """Set ``mode`` on every :class:`DendriticDynamics` in ``module``; returns how many."""
-    if mode is None:
-        return 0
-    from ..attention.dynamics import DendriticDynamics
-    found = [m for m in module.modules() if isinstance(m, DendriticDynamics)]
-    for m in found:
-        m.mode = mode
-    if not found:
+def apply_variant_mode(module: nn.Module, mode: str | None) -> None:
+    """Put every :class:`DendriticDynamics` in ``module`` on a variant's ``:<mode>`` path
+    (:func:`mmlrf.attention.set_dynamics_mode`); nothing for None.
+
+    Raises:
+        ValueError: if a mode is given but ``module`` has no dendritic dynamics.
+    """
+    from ..attention import set_dynamics_mode
+    if mode is not None and not set_dynamics_mode(module, mode):
         raise ValueError(f'dynamics mode {mode!r} given but the model has no DendriticDynamics')
-    return len(found)
 
 
 def dynamics_modes() -> tuple[str, ...]:
@@ -181,7 +180,7 @@ def build_mixer(variant: str, channels: int, heads: int, v_ratio: int) -> nn.Mod
     cfg, dyn_mode = parse_variant(variant)
     cfg.update(num_heads=heads, qk_channels=channels, v_channels=channels * v_ratio)
     mixer = MODELS.build(cfg)
-    set_dynamics_mode(mixer, dyn_mode)
+    apply_variant_mode(mixer, dyn_mode)
     return mixer
 
 
@@ -259,13 +258,14 @@ def dynamics_cases(modes: list[str], n_tokens: int = 8192, channels: int = 1440,
                  v_ratio=1, batch=batch, T=1) for m in modes]
 
 
-def variant_config(config: str, variant: str, cfg_options: dict | None = None,
+def variant_config(config: str, variant: str | None, cfg_options: dict | None = None,
                    attn_key: str = 'model.backbone.attn') -> tuple[Any, str | None]:
     """Load a segmentor config with its attention replaced by a benchmark variant.
 
     Args:
         config (str): config file.
-        variant (str): a :data:`VARIANTS` name, optionally ``lrf_dyn:<mode>``.
+        variant (str | None): a :data:`VARIANTS` name, optionally ``lrf_dyn:<mode>``; None
+            keeps the config's own attention.
         cfg_options (dict | None): overrides merged before the replacement.
         attn_key (str): dotted key of the attention dict the variant replaces.
 
@@ -276,6 +276,8 @@ def variant_config(config: str, variant: str, cfg_options: dict | None = None,
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    if variant is None:
+        return cfg, None
     mixer_cfg, dyn_mode = parse_variant(variant)
     node = cfg
     keys = attn_key.split('.')
@@ -285,7 +287,7 @@ def variant_config(config: str, variant: str, cfg_options: dict | None = None,
     return cfg, dyn_mode
 
 
-def build_variant_model(config: str, variant: str, cfg_options: dict | None = None,
+def build_variant_model(config: str, variant: str | None, cfg_options: dict | None = None,
                         attn_key: str = 'model.backbone.attn',
                         device: str | torch.device = 'cpu',
                         fuse_conv_bn: bool = False) -> tuple[nn.Module, Any, int | None]:
@@ -305,14 +307,12 @@ def build_variant_model(config: str, variant: str, cfg_options: dict | None = No
     init_mmseg()
     cfg, dyn_mode = variant_config(config, variant, cfg_options, attn_key)
     model = MODELS.build(cfg.model).to(device)
-    set_dynamics_mode(model, dyn_mode)
+    apply_variant_mode(model, dyn_mode)
     if not fuse_conv_bn:
         return model, cfg, None
-    from mmcv.cnn import fuse_conv_bn as fuse
-
-    from ..hooks import count_batchnorms
-    before = count_batchnorms(model)
-    return fuse(model.eval()), cfg, before - count_batchnorms(model)
+    from ..hooks import fold_batchnorms
+    folded = fold_batchnorms(model.eval())
+    return model, cfg, folded
 
 
 def _graphed(infer: Callable[[], Tensor], device: torch.device) -> tuple[Callable[[], Any],

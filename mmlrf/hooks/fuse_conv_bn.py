@@ -16,6 +16,18 @@ def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+def fold_batchnorms(model: nn.Module) -> int:
+    """Fold each BatchNorm into the conv before it, in place (``mmcv.cnn.fuse_conv_bn``; see
+    :class:`FuseConvBNHook` for when that is exact). Put ``model`` in eval mode first.
+
+    Returns:
+        int: how many BatchNorm layers were folded (a BN after a transposed conv stays).
+    """
+    before = count_batchnorms(model)
+    fuse_conv_bn(model)
+    return before - count_batchnorms(model)
+
+
 @HOOKS.register_module()
 class FuseConvBNHook(Hook):
     """Fold each BatchNorm into the convolution before it (``mmcv.cnn.fuse_conv_bn``) once the
@@ -35,6 +47,5 @@ class FuseConvBNHook(Hook):
     def before_test(self, runner: Any) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         before = count_batchnorms(model)
-        fuse_conv_bn(model)
-        print_log(f'FuseConvBNHook: folded {before - count_batchnorms(model)} of {before} '
+        print_log(f'FuseConvBNHook: folded {fold_batchnorms(model)} of {before} '
                   'BatchNorm layers into their convolutions', logger='current')

@@ -63,15 +63,8 @@ def main(argv=None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.backends.cudnn.allow_tf32 = args.tf32
     device = torch.device(args.device)
-    if args.variant:
-        model, _, _ = bm.build_variant_model(args.config, args.variant, args.cfg_options,
-                                             args.attn_key, device, args.fuse_conv_bn)
-    else:
-        from mmlrf.analysis.loading import load_model
-        model, _ = load_model(args.config, cfg_options=args.cfg_options, device=args.device)
-        if args.fuse_conv_bn:
-            from mmcv.cnn import fuse_conv_bn
-            fuse_conv_bn(model)
+    model, _, _ = bm.build_variant_model(args.config, args.variant, args.cfg_options,
+                                         args.attn_key, device, args.fuse_conv_bn)
     model.eval()
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, height, width, generator=gen).to(device)
