@@ -150,6 +150,24 @@ def test_benchmark_fused_model_case(tmp_path):
     assert [c['fuse_conv_bn'] for c in both] == [False, True]
 
 
+def test_benchmark_channels_last_model_case(tmp_path):
+    """Channels-last model cases store the weights channels-last, form their own ratio group
+    and refuse training."""
+    cases = bm.smoke_cases(bm.model_cases(bm.MODEL_19M_CONFIG, ['official', 'lrf_dyn'],
+                                          [(1024, 1024)], channels_last=(True,)))
+    report = bm.run_benchmark(cases, 'cpu', str(tmp_path / 'c'), 'test', warmup=0, repeats=1,
+                              isolate=False, log=lambda s: None)
+    assert all('error' not in r for r in report['results']), report['results']
+    (ratio,) = report['ratios']
+    assert ratio['variant'] == 'lrf_dyn' and ratio['group'].endswith(' channels-last')
+    model, _, _ = bm.build_variant_model(bm.TOY_CONFIG, None, channels_last=True)
+    assert all(p.is_contiguous(memory_format=torch.channels_last)
+               for p in model.parameters() if p.dim() == 4)
+    with pytest.raises(ValueError, match="infer mode"):
+        bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], modes=['train'],
+                       channels_last=(True,))
+
+
 # ---------------------------------------------------------------------------------- profiling
 def test_profile_attributes_time_to_leaf_modules():
     from mmlrf.analysis.profile import format_profile, profile_forward

@@ -237,3 +237,24 @@ def test_fuse_conv_bn_keeps_the_function(paths):
     with torch.no_grad():
         got = model(images, mode='tensor')
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
+def test_channels_last_keeps_the_function(paths):
+    """``ChannelsLastHook`` stores every conv weight channels-last, the activations follow, and
+    the eval-mode output is unchanged up to float rounding, in every model family."""
+    from mmlrf.hooks import ChannelsLastHook
+
+    model = MODELS.build(shrink_model(_load(paths[0]).model)).eval()
+    _randomise_batchnorms(model)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expect = model(images, mode='tensor')
+    runner = type('Runner', (), dict(model=model))()
+    ChannelsLastHook().before_test(runner)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last)
+                         for m in convs)
+    with torch.no_grad():
+        got = model(images, mode='tensor')
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)

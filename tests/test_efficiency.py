@@ -14,6 +14,7 @@ import mmlrf  # noqa: F401  (must precede mmseg)
 from mmlrf.analysis.benchmark import format_row, preset_cases, run_case, smoke_cases
 from mmlrf.attention import LRFBranch, LRFDyn
 from mmlrf.backbones import SDTV3
+from mmlrf.depthwise import DepthwiseConv2d
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
 from mmlrf.neurons import MultiSpike
 from mmlrf.neurons.fused import spike_conv2d
@@ -104,7 +105,9 @@ def test_multispike_inplace_only_without_autograd():
 # -------------------------------------------------------------------------- spike-aware convs
 @pytest.mark.parametrize('conv', [
     nn.Conv2d(6, 8, 3, padding=1),
-    nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6, bias=False),
+    # both sides take the depth-wise CPU backward route (tests/test_depthwise.py compares
+    # that route with autograd's)
+    DepthwiseConv2d(6, 3, padding=2, dilation=2),
     nn.Conv2d(6, 5, 3, stride=2, padding=1),
     nn.Conv2d(6, 4, 1)], ids=['3x3', 'dw-dilated', 'stride2', '1x1'])
 def test_spike_conv_equals_conv_of_spikes(conv):
@@ -305,3 +308,11 @@ def test_issue5_preset_has_dynamics_operator_rows():
     assert 'error' not in row and row['output_mib'] == 2 * 32 * 512 * 4 / 2 ** 20
     assert row['extra_over_output'] == (row['peak_mib'] - row['output_mib']) / row['output_mib']
     assert 'extra/output' in format_row(row)
+    # CPU only: the inference memory option for CPU deployment, with its own highlight
+    last = [c for c in cases if c.get('channels_last')]
+    assert {c['variant'] for c in last} == {'official', 'lrf_dyn'}
+    assert all(c['fuse_conv_bn'] and c['mode'] == 'infer' for c in last)
+    assert sum('channels-last' in h['label'] for h in highlights) == 1
+    gpu_cases, gpu_highlights = preset_cases('issue5', 'cuda')
+    assert not any(c.get('channels_last') for c in gpu_cases)
+    assert not any('channels-last' in h['label'] for h in gpu_highlights)

@@ -3,7 +3,7 @@
 Usage::
 
     python tools/demo.py IMAGE CONFIG CHECKPOINT --out overlay.png [--device cpu] [--opacity 0.5]
-        [--fuse-conv-bn]
+        [--fuse-conv-bn] [--channels-last]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import mmcv
 from mmseg.apis import inference_model, init_model
 from mmseg.visualization import SegLocalVisualizer
 
-from mmlrf.hooks import fold_batchnorms
+from mmlrf.hooks import fold_batchnorms, to_channels_last
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold every BatchNorm into its conv first (faster; may differ by '
                         'float rounding)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='store the conv weights channels-last (lower CPU memory; may '
+                        'differ by float rounding)')
     return parser.parse_args(argv)
 
 
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> str:
     model = init_model(args.config, args.checkpoint, device=args.device)
     if args.fuse_conv_bn:
         fold_batchnorms(model)
+    if args.channels_last:
+        to_channels_last(model)
     result = inference_model(model, args.img)
     visualizer = SegLocalVisualizer(alpha=args.opacity)
     visualizer.dataset_meta = model.dataset_meta

@@ -3,7 +3,7 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
-        [--fuse-conv-bn] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--fuse-conv-bn] [--channels-last] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 """
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--fuse-conv-bn', action='store_true',
                         help='fold every BatchNorm into its conv before testing (faster; may '
                         'differ by float rounding)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='store the conv weights channels-last before testing (lower CPU '
+                        'inference memory; may differ by float rounding)')
     return parse_common_args(parser, argv)
 
 
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
         enable_show_dir(cfg, args.show_dir)
     if args.fuse_conv_bn:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='FuseConvBNHook')]
+    if args.channels_last:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ChannelsLastHook')]
     if args.out:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True

@@ -493,7 +493,9 @@ class DendriticDynamics(BaseModule):
         bsz, ch, height, width = x.shape
         mode = self.resolved_mode(x)
         perm = scan_permutation(height, width, self.order, x.device)
-        u = x.flatten(2)
+        # token sequences contiguous: a channels-last x would make every matmul of the scan
+        # copy its operands (no copy for the usual contiguous layout)
+        u = x.contiguous().flatten(2)
         if perm is not None:
             u = u.index_select(-1, perm)
         y = self._sequence(u, 0, mode)

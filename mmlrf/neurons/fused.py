@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..depthwise import conv2d_backward
 from .multispike import decode_spikes, spike_code_of
 
 _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks')
@@ -36,10 +37,8 @@ class _SpikeCodeConv2d(torch.autograd.Function):
         s = decode_spikes(code, norm, dtype).view(shape)
         mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[3],
                 bias_shape is not None and ctx.needs_input_grad[4])
-        # the call autograd makes for F.conv2d (ConvolutionBackward0)
-        g_s, g_w, g_b = torch.ops.aten.convolution_backward(
-            grad, s, weight, None if bias_shape is None else list(bias_shape), list(stride),
-            list(padding), list(dilation), False, [0, 0], groups, list(mask))
+        g_s, g_w, g_b = conv2d_backward(grad, s, weight, bias_shape, stride, padding, dilation,
+                                        groups, mask)
         return g_s, None, None, g_w, g_b, None, None, None, None
 
 

@@ -16,6 +16,9 @@ Examples::
     # ... and replayed as one CUDA graph (GPU only; both settings in the same run)
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --cuda-graph
+    # ... with the weights stored channels-last (lower CPU inference memory), in the same run
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --channels-last
     # LRF-Dyn with the learnable tridiagonal M (re-diagonalised every step) vs the modal default
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn lrf_dyn_tridiagonal --modes train
@@ -65,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument('--cuda-graph', action='store_true',
                    help='--config inference on CUDA: also measure every case replayed as one '
                         'CUDA graph, in the same run')
+    p.add_argument('--channels-last', action='store_true',
+                   help='--config inference: also measure every case with the weights stored '
+                        'channels-last (mmlrf.hooks.to_channels_last), in the same run')
     p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
@@ -83,7 +89,8 @@ def main(argv=None):
     if args.preset and args.config:
         sys.exit('error: --preset and --config are exclusive (a preset picks its model by '
                  '--model-config)')
-    for flag, on in (('--fuse-conv-bn', args.fuse_conv_bn), ('--cuda-graph', args.cuda_graph)):
+    for flag, on in (('--fuse-conv-bn', args.fuse_conv_bn), ('--cuda-graph', args.cuda_graph),
+                     ('--channels-last', args.channels_last)):
         if on and not args.config:
             sys.exit(f'error: {flag} applies to whole models given by --config')
     if args.cuda_graph and not args.device.startswith('cuda'):
@@ -96,7 +103,8 @@ def main(argv=None):
             cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
                                    args.dtypes, args.cfg_options, args.attn_key,
                                    (False, True) if args.fuse_conv_bn else (False,),
-                                   (False, True) if args.cuda_graph else (False,))
+                                   (False, True) if args.cuda_graph else (False,),
+                                   (False, True) if args.channels_last else (False,))
         except ValueError as err:
             sys.exit(f'error: {err}')
     else:
