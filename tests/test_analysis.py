@@ -125,6 +125,31 @@ def test_benchmark_cpu_peak_reflects_tensors():
     (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=1, log=lambda s: None)
     assert res['output_mib'] == 64.0
     assert 60 <= res['peak_mib'] <= 72
+    assert res['time_ms'] > 0 and res['images_per_s'] == 1e3 / res['time_ms']
+
+
+def test_cpu_cases_time_with_the_default_allocator(monkeypatch):
+    """On CPU the peak comes from a process with the fixed mmap threshold and the time from a
+    second process with the default allocator; a failing timing run is reported."""
+    jobs = []
+
+    def fake(job, env, timeout_s):
+        jobs.append((job, env))
+        if job['peak']:
+            return dict(job['case'], peak_mib=10.0, time_ms=None, times_ms=[])
+        return dict(job['case'], peak_mib=None, time_ms=4.0, times_ms=[4.0], images_per_s=250.0)
+    monkeypatch.setattr(bm, '_subprocess_case', fake)
+    case = dict(kind='floor', variant='floor', mode='infer', dtype='float32', n_tokens=16,
+                hw=[4, 4], channels=8, heads=1, v_ratio=1, batch=1, T=1)
+    (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=3, log=lambda s: None)
+    (peak_job, peak_env), (time_job, time_env) = jobs
+    assert peak_env == bm.CPU_MEASURE_ENV and peak_job['repeats'] == 0
+    assert time_env == {} and time_job['repeats'] == 3 and not time_job['peak']
+    assert (res['peak_mib'], res['time_ms'], res['images_per_s']) == (10.0, 4.0, 250.0)
+    monkeypatch.setattr(bm, '_subprocess_case', lambda job, env, t: (
+        dict(job['case'], peak_mib=1.0) if job['peak'] else dict(job['case'], error='boom')))
+    (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=3, log=lambda s: None)
+    assert res['error'] == 'boom'
 
 
 def test_benchmark_attention_map_attribution():

@@ -401,8 +401,9 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
 
 
 def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
-             repeats: int = 3) -> dict:
-    """Measure one case in this process (see the module docstring for the case fields).
+             repeats: int = 3, peak: bool = True) -> dict:
+    """Measure one case in this process (see the module docstring for the case fields);
+    ``peak=False`` skips the peak-memory call (``peak_mib`` None, no peak ratios).
 
     Returns:
         dict: the case plus ``peak_mib`` (peak above the pre-run baseline), ``time_ms``
@@ -422,7 +423,8 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
         fn, info = work(case, device)
         # the builders ran the work once already (hooks / meters): that is the first warm-up
         result.update(info)
-        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
+        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats,
+                              peak=peak))
     except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
@@ -430,7 +432,7 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
         return result
     if result.get('time_ms'):
         result['images_per_s'] = case['batch'] / (result['time_ms'] / 1e3)
-    if 'output_mib' in result and result['output_mib']:
+    if result['peak_mib'] is not None and result.get('output_mib'):
         result['peak_over_output'] = result['peak_mib'] / result['output_mib']
         if case['kind'] == 'dynamics':
             result['extra_over_output'] = ((result['peak_mib'] - result['output_mib'])
@@ -439,26 +441,44 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
 
 
 def _worker() -> None:
-    """Subprocess entry: read ``{case, device, warmup, repeats, threads}`` JSON from stdin."""
+    """Subprocess entry: read ``{case, device, warmup, repeats, peak, threads}`` JSON from
+    stdin."""
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job['threads'])
     import mmlrf  # noqa: F401  (registries)
-    res = run_case(job['case'], job['device'], job['warmup'], job['repeats'])
+    res = run_case(job['case'], job['device'], job['warmup'], job['repeats'], job['peak'])
     print('RESULT ' + json.dumps(res))
+
+
+def _subprocess_case(job: dict, env: dict[str, str], timeout_s: float | None) -> dict:
+    """Run one :func:`_worker` job in a fresh Python process with ``env`` added."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-c', 'import mmlrf.analysis.benchmark as b; b._worker()'],
+            input=json.dumps(job), capture_output=True, text=True,
+            env={**os.environ, **env}, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return dict(job['case'], error=f'timeout after {timeout_s} s')
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
+    return (json.loads(lines[-1][7:]) if lines else
+            dict(job['case'], error=f'worker exit {proc.returncode}: '
+                                    f'{proc.stderr.strip()[-300:]}'))
 
 
 def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: int = 3,
               isolate: bool | None = None, threads: int | None = None,
               timeout_s: float | None = None,
               log: Callable[[str], None] = print) -> list[dict]:
-    """Measure every case; on CPU (default ``isolate``) each in a fresh subprocess.
+    """Measure every case; on CPU (default ``isolate``) each in two fresh subprocesses.
 
     Args:
         cases: case dicts (module docstring).
         device: 'cpu' or 'cuda[:i]'.
         warmup, repeats: see :func:`mmlrf.analysis.memory.measure`.
-        isolate: run each case in a subprocess started with :data:`CPU_MEASURE_ENV`
-            (default: on CPU yes, on CUDA no — the CUDA allocator's peak is exact in-process).
+        isolate: measure the peak in a subprocess started with :data:`CPU_MEASURE_ENV` and the
+            time in another one with the default allocator (that setting slows allocation-heavy
+            work; see :mod:`mmlrf.analysis.memory`). Default: on CPU yes, on CUDA no — the CUDA
+            allocator's peak is exact in-process.
         threads: torch CPU threads of each subprocess (default: this process's).
         timeout_s: per-case subprocess timeout; a timed-out case gets an ``error``.
         log: called with one progress line per case.
@@ -470,20 +490,15 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
         if not isolate:
             res = run_case(case, dev, warmup, repeats)
         else:
-            job = json.dumps(dict(case=case, device=device, warmup=warmup, repeats=repeats,
-                                  threads=threads or torch.get_num_threads()))
-            env = {**os.environ, **CPU_MEASURE_ENV}
-            try:
-                proc = subprocess.run(
-                    [sys.executable, '-c',
-                     'import mmlrf.analysis.benchmark as b; b._worker()'],
-                    input=job, capture_output=True, text=True, env=env, timeout=timeout_s)
-                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
-                res = (json.loads(lines[-1][7:]) if lines else
-                       dict(case, error=f'worker exit {proc.returncode}: '
-                            f'{proc.stderr.strip()[-300:]}'))
-            except subprocess.TimeoutExpired:
-                res = dict(case, error=f'timeout after {timeout_s} s')
+            job = dict(case=case, device=device, warmup=warmup,
+                       threads=threads or torch.get_num_threads())
+            res = _subprocess_case(dict(job, repeats=0, peak=True), CPU_MEASURE_ENV, timeout_s)
+            if 'error' not in res and repeats > 0:
+                timed = _subprocess_case(dict(job, repeats=repeats, peak=False), {}, timeout_s)
+                if 'error' in timed:
+                    res['error'] = timed['error']
+                else:
+                    res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'images_per_s')})
         results.append(res)
         log(format_row(res))
     return results
@@ -537,7 +552,8 @@ def compute_ratios(results: list[dict], reference: str = REFERENCE) -> list[dict
             ratios.append(dict(group=key, variant=name, reference=reference,
                                peak_mib=r['peak_mib'], reference_peak_mib=ref['peak_mib'],
                                peak_ratio=(r['peak_mib'] / ref['peak_mib']
-                                           if ref['peak_mib'] > 0 else None),
+                                           if ref['peak_mib'] and r['peak_mib'] is not None
+                                           else None),
                                time_ms=r.get('time_ms'), reference_time_ms=ref.get('time_ms'),
                                time_ratio=time_ratio))
     return ratios
@@ -601,15 +617,16 @@ def format_row(r: dict) -> str:
     ips = f"{r['images_per_s']:.2f} img/s" if r.get('images_per_s') else ''
     extra = (f"  extra/output {r['extra_over_output']:.2f}x" if 'extra_over_output' in r
              else '')
-    return f"{name}  peak {r['peak_mib']:.1f} MiB  {t}  {ips}{extra}"
+    peak = f"{r['peak_mib']:.1f} MiB" if r.get('peak_mib') is not None else '-'
+    return f"{name}  peak {peak}  {t}  {ips}{extra}"
 
 
 def format_ratio(r: dict) -> str:
     """One line per ratio."""
     t = f"  time {r['time_ratio']:.3f}x" if r['time_ratio'] is not None else ''
-    p = f"{r['peak_ratio']:.3f}x" if r['peak_ratio'] is not None else 'n/a'
-    return (f"RATIO {r['variant']}/{r['reference']} [{r['group']}]: peak {p} "
-            f"({r['peak_mib']:.1f} / {r['reference_peak_mib']:.1f} MiB){t}")
+    p = (f"{r['peak_ratio']:.3f}x ({r['peak_mib']:.1f} / {r['reference_peak_mib']:.1f} MiB)"
+         if r['peak_ratio'] is not None else 'n/a')
+    return f"RATIO {r['variant']}/{r['reference']} [{r['group']}]: peak {p}{t}"
 
 
 def environment(device: str) -> dict:

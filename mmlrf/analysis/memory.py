@@ -9,6 +9,11 @@ This only reflects the call's tensors when the process returns freed memory to t
 a fresh process started with :data:`CPU_MEASURE_ENV` (glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed
 at 64 KiB, so every tensor of 64 KiB or more is its own ``mmap`` and is unmapped when freed), as
 :func:`mmlrf.analysis.benchmark.run_cases` does. See ``docs/benchmarks.md``.
+
+That allocator setting makes every large allocation a fresh ``mmap`` whose pages the kernel
+must zero and fault in, which doubles a CPU training step (measured: 5.4 → 12 s for the 19M
+model at 1×512×512). ``run_cases`` therefore times each CPU case in a second process with the
+default allocator (:func:`measure` with ``peak=False``).
 """
 from __future__ import annotations
 
@@ -82,21 +87,23 @@ def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[f
 
 
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int = 1,
-            repeats: int = 3) -> dict[str, Any]:
+            repeats: int = 3, peak: bool = True) -> dict[str, Any]:
     """Warm up, then measure the peak memory of one call and the time of ``repeats`` calls.
 
     Args:
         fn: the work of one iteration (returns its output, which is kept until the peak is read).
         device: where ``fn`` runs.
         warmup: untimed calls first (lazy allocations: thread pools, cuBLAS workspaces).
-        repeats: timed calls; the median is reported.
+        repeats: timed calls; the median is reported (0: no timing).
+        peak: measure the peak (False: ``peak_mib`` is None).
 
     Returns:
-        dict: ``peak_mib`` (float), ``time_ms`` (median, float), ``times_ms`` (list).
+        dict: ``peak_mib`` (float | None), ``time_ms`` (median, float | None), ``times_ms``
+        (list).
     """
     for _ in range(warmup):
         fn()
-    peak = peak_memory_mib(fn, device)
+    peak = peak_memory_mib(fn, device) if peak else None
     times = time_ms(fn, device, repeats) if repeats > 0 else []
     return dict(peak_mib=peak, time_ms=statistics.median(times) if times else None,
                 times_ms=times)
