@@ -110,3 +110,15 @@ def test_convbn_builds_depthwise_only_for_stride1_depthwise():
     assert isinstance(ConvBN(8, 8, 7, groups=8)[0], DepthwiseConv2d)
     assert type(ConvBN(8, 8, 3, stride=2, groups=8)[0]) is nn.Conv2d
     assert type(ConvBN(8, 16, 3)[0]) is nn.Conv2d
+
+
+def test_depthwise_benchmark_compares_both_routes():
+    from mmlrf.analysis.depthwise_bench import SDTV3_19M_DEPTHWISE, compare_depthwise_backward
+    row = compare_depthwise_backward((2, 6, 12, 10), 3, 2, repeats=1)
+    assert row['shape'] == [2, 6, 12, 10] and row['kernel'] == 3 and row['dilation'] == 2
+    assert row['autograd_ms'] > 0 and row['mmlrf_ms'] > 0 and row['forward_ms'] > 0
+    assert row['ratio'] == row['mmlrf_ms'] / row['autograd_ms']
+    assert row['max_rel_diff'] < 1e-5
+    assert compare_depthwise_backward((1, 4, 8, 8), 7, 1, batch=3, repeats=1)['shape'][0] == 3
+    # the listed shapes are the 19M model's: V = 4 x 360 channels, SepConv hidden = 2 x C
+    assert {s[1][1] for s in SDTV3_19M_DEPTHWISE} == {1440, 128, 256}

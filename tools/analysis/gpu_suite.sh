@@ -13,7 +13,8 @@
 # Writes to $OUT: dynamics.json (operator alone, parameter path per parameterisation),
 # issue5.{json,png} (the preset: operators, 1x1024x2048 inference, 8x512x512 training step),
 # fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs, eager / one CUDA
-# graph; the graph's memory is its capture peak, graph_pool_mib),
+# graph; the graph's memory is its capture peak, graph_pool_mib), channels_last.{json,png}
+# (the same inference with the weights stored channels-last, BNs kept / folded),
 # train_tridiagonal.{json,png} (the training step with the re-diagonalised tridiagonal M),
 # profile{,_fused}.json (where the LRF-Dyn model's inference time goes), suite.log.
 # TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
@@ -76,6 +77,11 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     timeout $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
         --fuse-conv-bn "${GRAPH[@]}" --out "$OUT/fused"
+    # the weights stored channels-last (tools/test.py --channels-last; on the CPU it lowers
+    # the inference peak by a quarter), BNs kept / folded, eager
+    timeout $((LIMIT / 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
+        --fuse-conv-bn --channels-last --out "$OUT/channels_last"
     # the training step once more with the learnable tridiagonal M (eigh every step)
     timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn lrf_dyn_tridiagonal --resolution ${RES_TRAIN} \
