@@ -135,21 +135,55 @@ def test_cpu_cases_time_with_the_default_allocator(monkeypatch):
 
     def fake(job, env, timeout_s):
         jobs.append((job, env))
-        if job['peak']:
+        if 'case' in job:
             return dict(job['case'], peak_mib=10.0, time_ms=None, times_ms=[])
-        return dict(job['case'], peak_mib=None, time_ms=4.0, times_ms=[4.0], images_per_s=250.0)
-    monkeypatch.setattr(bm, '_subprocess_case', fake)
+        return [dict(c, time_ms=4.0, times_ms=[4.0], images_per_s=250.0) for c in job['cases']]
+    monkeypatch.setattr(bm, '_subprocess_job', fake)
     case = dict(kind='floor', variant='floor', mode='infer', dtype='float32', n_tokens=16,
                 hw=[4, 4], channels=8, heads=1, v_ratio=1, batch=1, T=1)
     (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=3, log=lambda s: None)
     (peak_job, peak_env), (time_job, time_env) = jobs
-    assert peak_env == bm.CPU_MEASURE_ENV and peak_job['repeats'] == 0
-    assert time_env == {} and time_job['repeats'] == 3 and not time_job['peak']
+    assert peak_env == bm.CPU_MEASURE_ENV and peak_job['repeats'] == 0 and peak_job['peak']
+    assert time_env == {} and time_job['repeats'] == 3 and time_job['cases'] == [case]
     assert (res['peak_mib'], res['time_ms'], res['images_per_s']) == (10.0, 4.0, 250.0)
-    monkeypatch.setattr(bm, '_subprocess_case', lambda job, env, t: (
-        dict(job['case'], peak_mib=1.0) if job['peak'] else dict(job['case'], error='boom')))
+    monkeypatch.setattr(bm, '_subprocess_job', lambda job, env, t: (
+        dict(job['case'], peak_mib=1.0) if 'case' in job
+        else [dict(c, error='boom') for c in job['cases']]))
     (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=3, log=lambda s: None)
     assert res['error'] == 'boom'
+
+
+def test_interleaved_timing_groups_cases_and_alternates(monkeypatch):
+    """--interleave: one timing job per ratio group, holding all of its cases, after the peaks;
+    in a process the repeats alternate between the cases."""
+    ops = bm.operator_cases(['official', 'ssa_kv'], [64, 256], channels=8, heads=2, v_ratio=1,
+                            floor=False)
+    jobs = []
+
+    def fake(job, env, timeout_s):
+        jobs.append(job)
+        if 'case' in job:
+            return dict(job['case'], peak_mib=1.0)
+        return [dict(c, time_ms=2.0, times_ms=[2.0], images_per_s=500.0) for c in job['cases']]
+    monkeypatch.setattr(bm, '_subprocess_job', fake)
+    res = bm.run_cases(ops, 'cpu', repeats=2, interleave=True, log=lambda s: None)
+    assert ['case' in j for j in jobs] == [True] * 4 + [False] * 2  # peaks first
+    assert [[c['n_tokens'] for c in j['cases']] for j in jobs[4:]] == [[64, 64], [256, 256]]
+    assert all(r['time_ms'] == 2.0 and r['peak_mib'] == 1.0 for r in res)
+    # in-process: the timed calls alternate between the cases
+    order = []
+    real = bm._case_work
+
+    def spy(case, device):
+        fn, info = real(case, device)
+        return (lambda: order.append(case['variant']) or fn()), info
+    monkeypatch.setattr(bm, '_case_work', spy)
+    timed = bm.time_interleaved(ops[:2], 'cpu', warmup=1, repeats=3)
+    assert order == ['official', 'ssa_kv'] * 3
+    assert all(len(r['times_ms']) == 3 and r['time_ms'] > 0 for r in timed)
+    bad = dict(ops[0], variant='nope')
+    timed = bm.time_interleaved([bad, ops[1]], 'cpu', warmup=1, repeats=2)
+    assert 'variant' in timed[0]['error'] and len(timed[1]['times_ms']) == 2
 
 
 def test_benchmark_attention_map_attribution():

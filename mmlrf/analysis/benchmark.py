@@ -23,6 +23,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .memory import CPU_MEASURE_ENV, MIB, measure
+from .memory import CPU_MEASURE_ENV, MIB, measure, time_ms
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
 VARIANTS: dict[str, dict] = {
@@ -400,6 +401,24 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
     return (infer if not train else step), info
 
 
+def _check_case(case: dict) -> None:
+    if case.get('kind') not in KINDS:
+        raise ValueError(f"case kind must be one of {KINDS}, got {case.get('kind')!r}")
+    if case.get('mode') not in MODES:
+        raise ValueError(f"case mode must be one of {MODES}, got {case.get('mode')!r}")
+
+
+def _case_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
+    """The work of one iteration of ``case`` and its attribution fields (the builders run the
+    work once: that is the first warm-up call)."""
+    work = {'model': _model_work, 'dynamics': _dynamics_work}.get(case['kind'], _operator_work)
+    return work(case, device)
+
+
+def _error(e: Exception) -> str:
+    return f'{type(e).__name__}: {str(e)[:300]}'
+
+
 def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
              repeats: int = 3, peak: bool = True) -> dict:
     """Measure one case in this process (see the module docstring for the case fields);
@@ -412,23 +431,17 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
         ``saved_for_backward_mib``) and, for operators, ``peak_over_output``; or ``error``.
     """
     device = torch.device(device)
-    if case.get('kind') not in KINDS:
-        raise ValueError(f"case kind must be one of {KINDS}, got {case.get('kind')!r}")
-    if case.get('mode') not in MODES:
-        raise ValueError(f"case mode must be one of {MODES}, got {case.get('mode')!r}")
+    _check_case(case)
     result = dict(case)
     try:
-        work = {'model': _model_work, 'dynamics': _dynamics_work}.get(case['kind'],
-                                                                       _operator_work)
-        fn, info = work(case, device)
-        # the builders ran the work once already (hooks / meters): that is the first warm-up
+        fn, info = _case_work(case, device)
         result.update(info)
         result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats,
                               peak=peak))
     except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
-        result['error'] = f'{type(e).__name__}: {str(e)[:300]}'
+        result['error'] = _error(e)
         return result
     if result.get('time_ms'):
         result['images_per_s'] = case['batch'] / (result['time_ms'] / 1e3)
@@ -440,34 +453,79 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
     return result
 
 
+def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warmup: int = 1,
+                     repeats: int = 3) -> list[dict]:
+    """Time several cases in this process, round-robin: repeat r of every case runs before
+    repeat r + 1 of any, so a slow spell of a shared machine hits all of them alike. All the
+    cases' models and inputs are alive at once. One case is plain sequential timing.
+
+    Returns:
+        list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms`` and
+        ``images_per_s``; or ``error`` (the other cases go on).
+    """
+    device = torch.device(device)
+    results, fns = [], []
+    for case in cases:
+        _check_case(case)
+        results.append(dict(case, times_ms=[]))
+        try:
+            fn, _ = _case_work(case, device)
+            for _ in range(max(warmup - 1, 0)):
+                fn()
+        except Exception as e:  # noqa: BLE001
+            results[-1]['error'], fn = _error(e), None
+        fns.append(fn)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            if fn is None:
+                continue
+            try:
+                results[i]['times_ms'] += time_ms(fn, device, 1)
+            except Exception as e:  # noqa: BLE001
+                results[i]['error'], fns[i] = _error(e), None
+    for res in results:
+        if 'error' not in res and res['times_ms']:
+            res['time_ms'] = statistics.median(res['times_ms'])
+            res['images_per_s'] = res['batch'] / (res['time_ms'] / 1e3)
+    return results
+
+
 def _worker() -> None:
-    """Subprocess entry: read ``{case, device, warmup, repeats, peak, threads}`` JSON from
-    stdin."""
+    """Subprocess entry: read a job from stdin as JSON, print ``RESULT <json>``. A job is
+    ``{case, device, warmup, repeats, peak, threads}`` (:func:`run_case`) or
+    ``{cases, device, warmup, repeats, threads}`` (:func:`time_interleaved`)."""
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job['threads'])
     import mmlrf  # noqa: F401  (registries)
-    res = run_case(job['case'], job['device'], job['warmup'], job['repeats'], job['peak'])
+    if 'cases' in job:
+        res = time_interleaved(job['cases'], job['device'], job['warmup'], job['repeats'])
+    else:
+        res = run_case(job['case'], job['device'], job['warmup'], job['repeats'], job['peak'])
     print('RESULT ' + json.dumps(res))
 
 
-def _subprocess_case(job: dict, env: dict[str, str], timeout_s: float | None) -> dict:
-    """Run one :func:`_worker` job in a fresh Python process with ``env`` added."""
+def _subprocess_job(job: dict, env: dict[str, str], timeout_s: float | None) -> Any:
+    """Run one :func:`_worker` job in a fresh Python process with ``env`` added; on failure
+    the job's case(s) with an ``error``."""
     try:
         proc = subprocess.run(
             [sys.executable, '-c', 'import mmlrf.analysis.benchmark as b; b._worker()'],
             input=json.dumps(job), capture_output=True, text=True,
             env={**os.environ, **env}, timeout=timeout_s)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
+        if lines:
+            return json.loads(lines[-1][7:])
+        error = f'worker exit {proc.returncode}: {proc.stderr.strip()[-300:]}'
     except subprocess.TimeoutExpired:
-        return dict(job['case'], error=f'timeout after {timeout_s} s')
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('RESULT ')]
-    return (json.loads(lines[-1][7:]) if lines else
-            dict(job['case'], error=f'worker exit {proc.returncode}: '
-                                    f'{proc.stderr.strip()[-300:]}'))
+        error = f'timeout after {timeout_s} s'
+    if 'cases' in job:
+        return [dict(c, error=error) for c in job['cases']]
+    return dict(job['case'], error=error)
 
 
 def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: int = 3,
               isolate: bool | None = None, threads: int | None = None,
-              timeout_s: float | None = None,
+              timeout_s: float | None = None, interleave: bool = False,
               log: Callable[[str], None] = print) -> list[dict]:
     """Measure every case; on CPU (default ``isolate``) each in two fresh subprocesses.
 
@@ -480,27 +538,49 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
             work; see :mod:`mmlrf.analysis.memory`). Default: on CPU yes, on CUDA no — the CUDA
             allocator's peak is exact in-process.
         threads: torch CPU threads of each subprocess (default: this process's).
-        timeout_s: per-case subprocess timeout; a timed-out case gets an ``error``.
+        timeout_s: per-subprocess timeout; a timed-out case gets an ``error``.
+        interleave: time the cases of each ratio group (:func:`group_key`) together with
+            :func:`time_interleaved` (one process per group when isolated), after all peaks.
         log: called with one progress line per case.
     """
     dev = torch.device(device)
     isolate = dev.type == 'cpu' if isolate is None else isolate
+    job = dict(device=device, warmup=warmup, threads=threads or torch.get_num_threads())
+    separate_timing = isolate or interleave
+
+    def times_of(group: list[dict]) -> list[dict]:
+        if not isolate:
+            return time_interleaved(group, dev, warmup, repeats)
+        return _subprocess_job(dict(job, cases=group, repeats=repeats), {}, timeout_s)
+
+    def merge(res: dict, timed: dict) -> None:
+        if 'error' in timed:
+            res['error'] = timed['error']
+        else:
+            res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'images_per_s')})
+
     results = []
     for case in cases:
-        if not isolate:
-            res = run_case(case, dev, warmup, repeats)
+        if isolate:
+            res = _subprocess_job(dict(job, case=case, repeats=0, peak=True), CPU_MEASURE_ENV,
+                                  timeout_s)
         else:
-            job = dict(case=case, device=device, warmup=warmup,
-                       threads=threads or torch.get_num_threads())
-            res = _subprocess_case(dict(job, repeats=0, peak=True), CPU_MEASURE_ENV, timeout_s)
-            if 'error' not in res and repeats > 0:
-                timed = _subprocess_case(dict(job, repeats=repeats, peak=False), {}, timeout_s)
-                if 'error' in timed:
-                    res['error'] = timed['error']
-                else:
-                    res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'images_per_s')})
+            res = run_case(case, dev, warmup, 0 if separate_timing else repeats)
+        if not interleave and isolate and 'error' not in res and repeats > 0:
+            merge(res, times_of([case])[0])
         results.append(res)
-        log(format_row(res))
+        if not interleave:
+            log(format_row(res))
+    if interleave:
+        groups: dict[str, list[int]] = {}
+        for i, res in enumerate(results):
+            if 'error' not in res and repeats > 0:
+                groups.setdefault(group_key(res), []).append(i)
+        for members in groups.values():
+            for i, timed in zip(members, times_of([cases[i] for i in members])):
+                merge(results[i], timed)
+        for res in results:
+            log(format_row(res))
     return results
 
 
@@ -824,9 +904,11 @@ def smoke_cases(cases: list[dict], toy_config: str = TOY_CONFIG) -> list[dict]:
 def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
                   highlights: list[dict] | None = None, warmup: int = 1, repeats: int = 3,
                   budget_mib: float | None = None, timeout_s: float | None = None,
-                  isolate: bool | None = None, log: Callable[[str], None] = print) -> dict:
+                  isolate: bool | None = None, interleave: bool = False,
+                  log: Callable[[str], None] = print) -> dict:
     """Run cases (skipping those whose :func:`estimate_mib` exceeds ``budget_mib``), write the
-    JSON + PNG report, print every ratio and the highlights, and return the report."""
+    JSON + PNG report, print every ratio and the highlights, and return the report
+    (``interleave``: see :func:`run_cases`)."""
     todo, skipped = [], []
     for c in cases:
         est = estimate_mib(c)
@@ -837,7 +919,7 @@ def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
         else:
             todo.append(c)
     results = run_cases(todo, device, warmup, repeats, isolate, timeout_s=timeout_s,
-                        log=log) + skipped
+                        interleave=interleave, log=log) + skipped
     ratios = compute_ratios(results)
     found = []
     for h in highlights or []:

@@ -19,6 +19,9 @@ Examples::
     # ... with the weights stored channels-last (lower CPU inference memory), in the same run
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --channels-last
+    # a training-step ratio on a shared machine: time both models round-robin in one process
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train --interleave
     # LRF-Dyn with the learnable tridiagonal M (re-diagonalised every step) vs the modal default
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn lrf_dyn_tridiagonal --modes train
@@ -60,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument('--budget-mib', type=float, default=None,
                    help='skip cases whose N×N maps alone exceed this (default: 16000 on CPU)')
     p.add_argument('--timeout', type=float, default=None, help='per-case timeout (CPU), s')
+    p.add_argument('--interleave', action='store_true',
+                   help='time the cases of each ratio group round-robin in one process (all '
+                        'of the group alive at once): same-run ratios that a shared, noisy '
+                        'machine disturbs less')
     p.add_argument('--smoke', action='store_true',
                    help='shrink the cases to a quick dry run (toy model, tiny operators)')
     p.add_argument('--fuse-conv-bn', action='store_true',
@@ -116,7 +123,8 @@ def main(argv=None):
     if budget is None and args.device == 'cpu':
         budget = 16000.0
     bm.run_benchmark(cases, args.device, args.out, ' '.join(['benchmark.py'] + sys.argv[1:]),
-                     highlights, args.warmup, args.repeats, budget, args.timeout)
+                     highlights, args.warmup, args.repeats, budget, args.timeout,
+                     interleave=args.interleave)
     print(f'wrote {args.out}.json and {args.out}.png')
 
 
