@@ -143,7 +143,7 @@ def test_cpu_cases_time_with_the_default_allocator(monkeypatch):
                 hw=[4, 4], channels=8, heads=1, v_ratio=1, batch=1, T=1)
     (res,) = bm.run_cases([case], 'cpu', warmup=1, repeats=3, log=lambda s: None)
     (peak_job, peak_env), (time_job, time_env) = jobs
-    assert peak_env == bm.CPU_MEASURE_ENV and peak_job['repeats'] == 0 and peak_job['peak']
+    assert peak_env == bm.CPU_MEASURE_ENV and peak_job['repeats'] == 0 and 'case' in peak_job
     assert time_env == {} and time_job['repeats'] == 3 and time_job['cases'] == [case]
     assert (res['peak_mib'], res['time_ms'], res['images_per_s']) == (10.0, 4.0, 250.0)
     monkeypatch.setattr(bm, '_subprocess_job', lambda job, env, t: (

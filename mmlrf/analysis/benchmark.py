@@ -420,9 +420,8 @@ def _error(e: Exception) -> str:
 
 
 def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
-             repeats: int = 3, peak: bool = True) -> dict:
-    """Measure one case in this process (see the module docstring for the case fields);
-    ``peak=False`` skips the peak-memory call (``peak_mib`` None, no peak ratios).
+             repeats: int = 3) -> dict:
+    """Measure one case in this process (see the module docstring for the case fields).
 
     Returns:
         dict: the case plus ``peak_mib`` (peak above the pre-run baseline), ``time_ms``
@@ -436,8 +435,7 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
     try:
         fn, info = _case_work(case, device)
         result.update(info)
-        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats,
-                              peak=peak))
+        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
     except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
@@ -445,7 +443,7 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
         return result
     if result.get('time_ms'):
         result['images_per_s'] = case['batch'] / (result['time_ms'] / 1e3)
-    if result['peak_mib'] is not None and result.get('output_mib'):
+    if 'output_mib' in result and result['output_mib']:
         result['peak_over_output'] = result['peak_mib'] / result['output_mib']
         if case['kind'] == 'dynamics':
             result['extra_over_output'] = ((result['peak_mib'] - result['output_mib'])
@@ -492,7 +490,7 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
 
 def _worker() -> None:
     """Subprocess entry: read a job from stdin as JSON, print ``RESULT <json>``. A job is
-    ``{case, device, warmup, repeats, peak, threads}`` (:func:`run_case`) or
+    ``{case, device, warmup, repeats, threads}`` (:func:`run_case`) or
     ``{cases, device, warmup, repeats, threads}`` (:func:`time_interleaved`)."""
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job['threads'])
@@ -500,7 +498,7 @@ def _worker() -> None:
     if 'cases' in job:
         res = time_interleaved(job['cases'], job['device'], job['warmup'], job['repeats'])
     else:
-        res = run_case(job['case'], job['device'], job['warmup'], job['repeats'], job['peak'])
+        res = run_case(job['case'], job['device'], job['warmup'], job['repeats'])
     print('RESULT ' + json.dumps(res))
 
 
@@ -546,7 +544,6 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
     dev = torch.device(device)
     isolate = dev.type == 'cpu' if isolate is None else isolate
     job = dict(device=device, warmup=warmup, threads=threads or torch.get_num_threads())
-    separate_timing = isolate or interleave
 
     def times_of(group: list[dict]) -> list[dict]:
         if not isolate:
@@ -562,10 +559,9 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
     results = []
     for case in cases:
         if isolate:
-            res = _subprocess_job(dict(job, case=case, repeats=0, peak=True), CPU_MEASURE_ENV,
-                                  timeout_s)
+            res = _subprocess_job(dict(job, case=case, repeats=0), CPU_MEASURE_ENV, timeout_s)
         else:
-            res = run_case(case, dev, warmup, 0 if separate_timing else repeats)
+            res = run_case(case, dev, warmup, 0 if interleave else repeats)
         if not interleave and isolate and 'error' not in res and repeats > 0:
             merge(res, times_of([case])[0])
         results.append(res)
@@ -632,8 +628,7 @@ def compute_ratios(results: list[dict], reference: str = REFERENCE) -> list[dict
             ratios.append(dict(group=key, variant=name, reference=reference,
                                peak_mib=r['peak_mib'], reference_peak_mib=ref['peak_mib'],
                                peak_ratio=(r['peak_mib'] / ref['peak_mib']
-                                           if ref['peak_mib'] and r['peak_mib'] is not None
-                                           else None),
+                                           if ref['peak_mib'] > 0 else None),
                                time_ms=r.get('time_ms'), reference_time_ms=ref.get('time_ms'),
                                time_ratio=time_ratio))
     return ratios
@@ -697,16 +692,15 @@ def format_row(r: dict) -> str:
     ips = f"{r['images_per_s']:.2f} img/s" if r.get('images_per_s') else ''
     extra = (f"  extra/output {r['extra_over_output']:.2f}x" if 'extra_over_output' in r
              else '')
-    peak = f"{r['peak_mib']:.1f} MiB" if r.get('peak_mib') is not None else '-'
-    return f"{name}  peak {peak}  {t}  {ips}{extra}"
+    return f"{name}  peak {r['peak_mib']:.1f} MiB  {t}  {ips}{extra}"
 
 
 def format_ratio(r: dict) -> str:
     """One line per ratio."""
     t = f"  time {r['time_ratio']:.3f}x" if r['time_ratio'] is not None else ''
-    p = (f"{r['peak_ratio']:.3f}x ({r['peak_mib']:.1f} / {r['reference_peak_mib']:.1f} MiB)"
-         if r['peak_ratio'] is not None else 'n/a')
-    return f"RATIO {r['variant']}/{r['reference']} [{r['group']}]: peak {p}{t}"
+    p = f"{r['peak_ratio']:.3f}x" if r['peak_ratio'] is not None else 'n/a'
+    return (f"RATIO {r['variant']}/{r['reference']} [{r['group']}]: peak {p} "
+            f"({r['peak_mib']:.1f} / {r['reference_peak_mib']:.1f} MiB){t}")
 
 
 def environment(device: str) -> dict:

@@ -8,11 +8,11 @@ strides 4 and 8 (hidden width 2C), for a 512×512 and a 1024×2048 input.
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 
 from ..depthwise import conv2d_backward
+from .memory import time_ms
 
 #: (label, [B, C, H, W], kernel, dilation) of the 19M segmentor's depth-wise convs.
 SDTV3_19M_DEPTHWISE = (
@@ -27,12 +27,7 @@ SDTV3_19M_DEPTHWISE = (
 
 def _median_ms(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return statistics.median(time_ms(fn, torch.device('cpu'), repeats))
 
 
 def compare_depthwise_backward(shape: tuple[int, int, int, int], kernel: int, dilation: int,

@@ -13,7 +13,7 @@ at 64 KiB, so every tensor of 64 KiB or more is its own ``mmap`` and is unmapped
 That allocator setting makes every large allocation a fresh ``mmap`` whose pages the kernel
 must zero and fault in, which doubles a CPU training step (measured: 5.4 → 12 s for the 19M
 model at 1×512×512). ``run_cases`` therefore times each CPU case in a second process with the
-default allocator (:func:`measure` with ``peak=False``).
+default allocator (:func:`mmlrf.analysis.benchmark.time_interleaved`).
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[f
 
 
 def measure(fn: Callable[[], Any], device: torch.device, warmup: int = 1,
-            repeats: int = 3, peak: bool = True) -> dict[str, Any]:
+            repeats: int = 3) -> dict[str, Any]:
     """Warm up, then measure the peak memory of one call and the time of ``repeats`` calls.
 
     Args:
@@ -95,15 +95,13 @@ def measure(fn: Callable[[], Any], device: torch.device, warmup: int = 1,
         device: where ``fn`` runs.
         warmup: untimed calls first (lazy allocations: thread pools, cuBLAS workspaces).
         repeats: timed calls; the median is reported (0: no timing).
-        peak: measure the peak (False: ``peak_mib`` is None).
 
     Returns:
-        dict: ``peak_mib`` (float | None), ``time_ms`` (median, float | None), ``times_ms``
-        (list).
+        dict: ``peak_mib`` (float), ``time_ms`` (median, float | None), ``times_ms`` (list).
     """
     for _ in range(warmup):
         fn()
-    peak = peak_memory_mib(fn, device) if peak else None
+    peak = peak_memory_mib(fn, device)
     times = time_ms(fn, device, repeats) if repeats > 0 else []
     return dict(peak_mib=peak, time_ms=statistics.median(times) if times else None,
                 times_ms=times)
