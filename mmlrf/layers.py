@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .depthwise import DepthwiseConv2d
+from .conv import RoutedConv2d
 from .neurons.fused import spike_conv2d
 
 
@@ -35,8 +35,8 @@ def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor) -> Tensor:
 class ConvBN(nn.Sequential):
     """``Conv2d`` (index 0) → ``BatchNorm2d`` (index 1) on ``[T, B, C, H, W]``.
 
-    A stride-1 depth-wise conv (``groups == in_channels == out_channels``) is a
-    :class:`~mmlrf.depthwise.DepthwiseConv2d` (fast CPU backward). A multi-spike input is saved for backward as its 1-byte code (see :func:`conv_bn`).
+    The conv is a :class:`~mmlrf.conv.RoutedConv2d` (faster CPU routes for 1×1 and depth-wise
+    convs). A multi-spike input is saved for backward as its 1-byte code (see :func:`conv_bn`).
 
     Args:
         in_channels (int): input channels.
@@ -54,12 +54,9 @@ class ConvBN(nn.Sequential):
                  bias: bool = False, dilation: int = 1) -> None:
         if padding is None:
             padding = dilation * (kernel_size // 2)
-        if groups == in_channels == out_channels and stride == 1:
-            conv = DepthwiseConv2d(in_channels, kernel_size, padding, dilation, bias)
-        else:
-            conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
-                             dilation=dilation, groups=groups, bias=bias)
-        super().__init__(conv, nn.BatchNorm2d(out_channels))
+        super().__init__(RoutedConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                      dilation=dilation, groups=groups, bias=bias),
+                         nn.BatchNorm2d(out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C_in, H, W]`` → ``[T, B, C_out, H', W']``."""

@@ -257,7 +257,8 @@ def test_profile_model_tool_on_toy_config(tmp_path):
     report = tool.main([TOY, '--variant', 'lrf_dyn', '--resolution', '64x64', '--iterations',
                         '1', '--warmup', '0', '--fuse-conv-bn', '--out', out])
     names = {r['name'] for r in report['modules']}
-    assert {'Conv2d', 'MultiSpike', 'DendriticDynamics'} <= names and 'BatchNorm2d' not in names
+    assert {'RoutedConv2d', 'MultiSpike', 'DendriticDynamics'} <= names
+    assert 'BatchNorm2d' not in names
     assert json.loads(open(out + '.json').read())['fuse_conv_bn'] is True
     for bad, message in ((['missing.py'], 'config file not found'),
                          ([TOY, '--variant', 'nope'], 'variant must be one of'),

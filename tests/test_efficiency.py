@@ -14,7 +14,7 @@ import mmlrf  # noqa: F401  (must precede mmseg)
 from mmlrf.analysis.benchmark import format_row, preset_cases, run_case, smoke_cases
 from mmlrf.attention import LRFBranch, LRFDyn
 from mmlrf.backbones import SDTV3
-from mmlrf.depthwise import DepthwiseConv2d
+from mmlrf.conv import RoutedConv2d
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
 from mmlrf.neurons import MultiSpike
 from mmlrf.neurons.fused import spike_conv2d
@@ -105,11 +105,11 @@ def test_multispike_inplace_only_without_autograd():
 # -------------------------------------------------------------------------- spike-aware convs
 @pytest.mark.parametrize('conv', [
     nn.Conv2d(6, 8, 3, padding=1),
-    # both sides take the depth-wise CPU backward route (tests/test_depthwise.py compares
-    # that route with autograd's)
-    DepthwiseConv2d(6, 3, padding=2, dilation=2),
+    # both sides take the CPU routes (tests/test_conv.py compares them with autograd's)
+    RoutedConv2d(6, 6, 3, padding=2, dilation=2, groups=6, bias=False),
+    RoutedConv2d(6, 4, 1),
     nn.Conv2d(6, 5, 3, stride=2, padding=1),
-    nn.Conv2d(6, 4, 1)], ids=['3x3', 'dw-dilated', 'stride2', '1x1'])
+    nn.Conv2d(6, 4, 1)], ids=['3x3', 'dw-dilated', '1x1-routed', 'stride2', '1x1'])
 def test_spike_conv_equals_conv_of_spikes(conv):
     torch.manual_seed(0)
     x = (torch.randn(1, 2, 6, 9, 9) * 3).requires_grad_()
@@ -316,3 +316,29 @@ def test_issue5_preset_has_dynamics_operator_rows():
     gpu_cases, gpu_highlights = preset_cases('issue5', 'cuda')
     assert not any(c.get('channels_last') for c in gpu_cases)
     assert not any('channels-last' in h['label'] for h in gpu_highlights)
+
+
+@pytest.mark.parametrize('preset,device', [('issue4', 'cpu'), ('issue5', 'cpu'),
+                                           ('issue5', 'cuda')])
+def test_preset_highlights_resolve_in_full_and_smoke_runs(preset, device):
+    """Each highlight names one of its preset's cases, and finds that case's ratio row both at
+    full size and after the smoke shrink (which changes every group)."""
+    from mmlrf.analysis.benchmark import compute_ratios, find_ratio
+    cases, highlights = preset_cases(preset, device)
+    assert highlights and all(any(h['case'] is c for c in cases) for h in highlights)
+    for shrink in (lambda cs: cs, smoke_cases):
+        runs = shrink(cases)
+        results = [dict(c, peak_mib=float(i + 1), time_ms=float(i + 2))
+                   for i, c in enumerate(runs)]
+        ratios = compute_ratios(results)
+        for h in highlights:
+            case = shrink([h['case']])[0]
+            row = find_ratio(ratios, case)
+            assert row is not None, h['label']
+            # the measured row of exactly that case (the case plus its two numbers)
+            (num,) = [r for r in results
+                      if r == dict(case, peak_mib=r['peak_mib'], time_ms=r['time_ms'])]
+            assert row['peak_mib'] == num['peak_mib'] and row['time_ms'] == num['time_ms']
+    with pytest.raises(ValueError, match='no case'):
+        from mmlrf.analysis.benchmark import pick_case
+        pick_case(cases, 'lrf_dyn', kind='nope')

@@ -8,9 +8,9 @@ Submodules (imported on demand, so ``import mmlrf`` stays light):
 * :mod:`~mmlrf.analysis.energy`: firing rates, SOPs / MACs and energy from forward hooks.
 * :mod:`~mmlrf.analysis.locality`: token-to-token weight vs distance, entropy, ERF maps.
 * :mod:`~mmlrf.analysis.profile`: time of one forward pass per leaf-module type and operator.
-* :mod:`~mmlrf.analysis.depthwise_bench`: CPU backward of depth-wise convs, autograd vs mmlrf.
+* :mod:`~mmlrf.analysis.conv_bench`: CPU convolutions, oneDNN vs mmlrf's 1×1 and depth-wise routes.
 * :mod:`~mmlrf.analysis.loading`: build a segmentor from a config and get input batches.
 * :mod:`~mmlrf.analysis.plotting`: matplotlib (Agg) helpers.
 """
 __all__ = ['memory', 'benchmark', 'energy', 'locality', 'loading', 'plotting', 'profile',
-           'depthwise_bench']
+           'conv_bench']

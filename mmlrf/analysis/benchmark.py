@@ -758,12 +758,22 @@ def write_report(results: list[dict], out_prefix: str, device: str, command: str
     return report
 
 
-def find_ratio(ratios: list[dict], variant: str, group_contains: list[str]) -> dict | None:
-    """The ratio row of ``variant`` whose group contains every string of ``group_contains``."""
-    for r in ratios:
-        if r['variant'] == variant and all(s in r['group'] for s in group_contains):
-            return r
-    return None
+def find_ratio(ratios: list[dict], case: dict) -> dict | None:
+    """The ratio row of ``case`` (its variant, or 'floor', in its group), None if not measured."""
+    name, key = ('floor' if case['kind'] == 'floor' else case['variant']), group_key(case)
+    return next((r for r in ratios if r['variant'] == name and r['group'] == key), None)
+
+
+def pick_case(cases: list[dict], variant: str, **fields: Any) -> dict:
+    """The first case of ``variant`` whose ``fields`` have the given values (a highlight's case).
+
+    Raises:
+        ValueError: if no case matches.
+    """
+    for c in cases:
+        if c['variant'] == variant and all(c.get(k) == v for k, v in fields.items()):
+            return c
+    raise ValueError(f'no case of {variant!r} with {fields}')
 
 
 # ----------------------------------------------------------------------------------- presets
@@ -818,7 +828,9 @@ def preset_cases(name: str, device: str = 'cpu', model_config: str = MODEL_19M_C
       and 1.0 for the training step).
 
     Returns:
-        (cases, highlights): each highlight is ``dict(label, variant, group_contains)``.
+        (cases, highlights): each highlight is ``dict(label, case)``, ``case`` one of ``cases``
+        (its ratio to the official model in the same group is highlighted; shrink it along
+        with the cases for a smoke run).
     """
     if name not in PRESETS:
         raise ValueError(f'preset must be one of {PRESETS}, got {name!r}')
@@ -828,9 +840,9 @@ def preset_cases(name: str, device: str = 'cpu', model_config: str = MODEL_19M_C
         cases += model_cases(model_config, ['official', 'lrf_ssa', 'lrf_dyn'], [(1024, 2048)])
         highlights = [
             dict(label='operator N=4096 inference peak memory, LRF-Dyn / official',
-                 variant='lrf_dyn', group_contains=['operator infer', 'N=4096 ']),
+                 case=pick_case(cases, 'lrf_dyn', kind='operator')),
             dict(label='SDT-V3-19M 1x1024x2048 inference peak memory, LRF-Dyn / official',
-                 variant='lrf_dyn', group_contains=['model infer', '1x1024x2048'])]
+                 case=pick_case(cases, 'lrf_dyn', kind='model'))]
         return cases, highlights
     if name == 'sweep':
         three = ['official', 'lrf_ssa', 'lrf_dyn']
@@ -855,25 +867,25 @@ def preset_cases(name: str, device: str = 'cpu', model_config: str = MODEL_19M_C
     cases += model_cases(model_config, ['official', 'lrf_dyn'], [(512, 512)],
                          batches=[train_batch], modes=['train'])
     highlights = [dict(label=f'operator N=8192 B=8 forward, LRF-Dyn ({m}) / official',
-                       variant=f'lrf_dyn:{m}', group_contains=['operator infer', 'N=8192 '])
-                  for m in modes]
+                       case=pick_case(cases, f'lrf_dyn:{m}', n_tokens=8192)) for m in modes]
     highlights += [
-        dict(label='operator N=8192 B=8: floor (V.clone()) / official', variant='floor',
-             group_contains=['operator infer', 'N=8192 ']),
+        dict(label='operator N=8192 B=8: floor (V.clone()) / official',
+             case=pick_case(cases, 'floor', n_tokens=8192)),
         dict(label='operator N=4096 B=1 peak memory, LRF-Dyn / official (target <= 0.25)',
-             variant='lrf_dyn', group_contains=['operator infer', 'N=4096 ']),
+             case=pick_case(cases, 'lrf_dyn', kind='operator', n_tokens=4096)),
         dict(label='SDT-V3-19M+FPN 1x1024x2048 inference, LRF-Dyn / official (CPU targets: '
                    'peak <= 0.5, time <= 0.66)',
-             variant='lrf_dyn', group_contains=['model infer', '1x1024x2048']),
+             case=pick_case(cases, 'lrf_dyn', kind='model', mode='infer', fuse_conv_bn=False,
+                            channels_last=False)),
         dict(label=f'SDT-V3-19M+FPN training step {train_batch}x512x512, LRF-Dyn / official '
                    '(CPU targets: peak <= 0.6, time <= 1.0)',
-             variant='lrf_dyn', group_contains=['model train', 'x512x512'])]
+             case=pick_case(cases, 'lrf_dyn', kind='model', mode='train'))]
     if not device.startswith('cuda'):
         highlights.append(dict(
             label='SDT-V3-19M+FPN 1x1024x2048 inference, BN folded + channels-last, LRF-Dyn / '
                   'official (CPU targets: peak <= 0.5, time <= 0.66)',
-            variant='lrf_dyn', group_contains=['model infer', '1x1024x2048 fused-BN '
-                                                               'channels-last']))
+            case=pick_case(cases, 'lrf_dyn', kind='model', fuse_conv_bn=True,
+                           channels_last=True)))
     return cases, highlights
 
 
@@ -917,7 +929,7 @@ def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
     ratios = compute_ratios(results)
     found = []
     for h in highlights or []:
-        r = find_ratio(ratios, h['variant'], h['group_contains'])
+        r = find_ratio(ratios, h['case'])
         found.append(dict(h, ratio=r))
     report = write_report(results, out_prefix, device, command, found)
     for r in report['ratios']:

@@ -8,7 +8,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
-from ..depthwise import DepthwiseConv2d
+from ..conv import RoutedConv2d
 from ..layers import seq_apply
 from .ssa import SSA
 
@@ -51,7 +51,8 @@ class LRFBranch(BaseModule):
         self.dilations = check_dilations(dilations)
         self.branches = nn.ModuleList(
             nn.Sequential(
-                DepthwiseConv2d(channels, 3, padding=r, dilation=r),
+                RoutedConv2d(channels, channels, 3, padding=r, dilation=r, groups=channels,
+                             bias=False),
                 *([nn.BatchNorm2d(channels)] if bn else []))
             for r in self.dilations)
 

@@ -17,6 +17,7 @@ from mmpretrain.registry import MODELS as PRETRAIN_MODELS
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..conv import RoutedConv2d
 from ..interop import StrictPretrainedMixin
 from ..attention import SpikingAttention
 from ..attention.dynamics import DYNAMICS_MODES
@@ -93,10 +94,10 @@ class ConvBlock(nn.Module):
         hidden = dim * mlp_ratio
         self.Conv = SepConv(dim, 7, neuron)
         self.spike1 = build_neuron(neuron)
-        self.conv1 = nn.Conv2d(dim, hidden, 3, padding=1, bias=False)
+        self.conv1 = RoutedConv2d(dim, hidden, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(hidden)
         self.spike2 = build_neuron(neuron)
-        self.conv2 = nn.Conv2d(hidden, dim, 3, padding=1, bias=False)
+        self.conv2 = RoutedConv2d(hidden, dim, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -121,10 +122,10 @@ class SpikingMLP(nn.Module):
         super().__init__()
         hidden = dim * mlp_ratio
         self.fc1_spike = build_neuron(neuron)
-        self.fc1_conv = nn.Conv2d(dim, hidden, 1)
+        self.fc1_conv = RoutedConv2d(dim, hidden, 1)
         self.fc1_bn = nn.BatchNorm2d(hidden)
         self.fc2_spike = build_neuron(neuron)
-        self.fc2_conv = nn.Conv2d(hidden, dim, 1)
+        self.fc2_conv = RoutedConv2d(hidden, dim, 1)
         self.fc2_bn = nn.BatchNorm2d(dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -187,8 +188,8 @@ class Downsample(nn.Module):
                  neuron: dict | None) -> None:
         super().__init__()
         self.encode_spike = build_neuron(neuron) if neuron is not None else None
-        self.encode_conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride,
-                                     kernel_size // 2)
+        self.encode_conv = RoutedConv2d(in_channels, out_channels, kernel_size, stride,
+                                         kernel_size // 2)
         self.encode_bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
+from ..conv import RoutedConv2d
 from ..neurons import build_neuron
 from ..neurons.fused import spike_conv2d
 from .spiking_fpn_neck import spike_map
@@ -20,8 +21,8 @@ class SpikeConvBN(nn.Sequential):
     1-byte spike code for backward, see :func:`~mmlrf.neurons.fused.spike_conv2d`)."""
 
     def __init__(self, channels: int, neuron: dict) -> None:
-        super().__init__(build_neuron(neuron), nn.Conv2d(channels, channels, 3, padding=1,
-                                                          bias=False),
+        super().__init__(build_neuron(neuron), RoutedConv2d(channels, channels, 3, padding=1,
+                                                              bias=False),
                          nn.BatchNorm2d(channels))
 
     def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
@@ -102,6 +103,8 @@ class SpikingFPNHead(BaseDecodeHead):
             raise ValueError(f'in_channels must all equal channels={self.channels} (the convs '
                              f'take `channels` inputs), got {self.in_channels}')
         self.feature_strides = strides
+        # BaseDecodeHead's 1x1 classifier, rebuilt as a RoutedConv2d (same parameters and init)
+        self.conv_seg = RoutedConv2d(self.channels, self.out_channels, 1)
         self.scale_heads = nn.ModuleList()
         for stride in strides:
             num_stages = max(1, int(math.log2(stride / strides[0])))

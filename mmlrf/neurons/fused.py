@@ -10,17 +10,17 @@ gradients are identical to ``conv(neuron(x))``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..depthwise import conv2d_backward
+from ..conv import conv2d_backward, conv2d_forward
 from .multispike import decode_spikes, spike_code_of
 
 _HOOK_DICTS = ('_forward_hooks', '_forward_pre_hooks')
 
 
 class _SpikeCodeConv2d(torch.autograd.Function):
-    """``F.conv2d(s, weight, bias, ...)`` saving the spike code of ``s`` instead of ``s``."""
+    """:func:`~mmlrf.conv.conv2d_forward` of ``s`` (``F.conv2d``; a matrix product for a CPU
+    1×1) saving the spike code of ``s`` instead of ``s``."""
 
     @staticmethod
     def forward(ctx, s: Tensor, code: Tensor, norm: float, weight: Tensor, bias: Tensor | None,
@@ -28,7 +28,7 @@ class _SpikeCodeConv2d(torch.autograd.Function):
         ctx.save_for_backward(code, weight)
         ctx.conf = (norm, s.shape, s.dtype, None if bias is None else bias.shape,
                     stride, padding, dilation, groups)
-        return F.conv2d(s, weight, bias, stride, padding, dilation, groups)
+        return conv2d_forward(s, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

@@ -119,6 +119,7 @@ def main(argv=None):
                                   args.v_ratio, args.batch, args.ts, args.modes, args.dtypes)
     if args.smoke:
         cases = bm.smoke_cases(cases)
+        highlights = [dict(h, case=bm.smoke_cases([h['case']])[0]) for h in highlights or []]
     budget = args.budget_mib
     if budget is None and args.device == 'cpu':
         budget = 16000.0
