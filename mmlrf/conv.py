@@ -27,9 +27,29 @@ changes.
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+_routes_enabled = True
+
+
+@contextlib.contextmanager
+def cpu_routes(enabled: bool) -> Iterator[None]:
+    """Turn this module's CPU routes on or off inside the ``with`` block (on by default), e.g.
+    to compare a model with plain oneDNN convolutions in one run. A backward pass run outside
+    the block uses the setting in force then; both settings give the same results up to float
+    summation order."""
+    global _routes_enabled
+    before, _routes_enabled = _routes_enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _routes_enabled = before
 
 
 def _pairs(value: int | tuple) -> tuple[int, int]:
@@ -51,7 +71,7 @@ def pointwise_applies(x: Tensor, weight: Tensor, stride: tuple, padding: tuple,
     """True if the conv is a CPU matrix product (:func:`conv2d_forward`): a contiguous ``NCHW``
     CPU input, a 1×1 ``NCHW`` weight (``F.conv2d`` would answer ``NCHW`` too; a channels-last
     weight makes it answer channels-last), stride 1, no padding, one group."""
-    return (x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous()
+    return (_routes_enabled and x.device.type == 'cpu' and x.dim() == 4 and x.is_contiguous()
             and weight.dim() == 4 and tuple(weight.shape[2:]) == (1, 1)
             and _has_default_strides(weight) and groups == 1
             and _pairs(stride) == (1, 1) and _pairs(padding) == (0, 0))
@@ -85,7 +105,7 @@ def depthwise_backward_applies(x: Tensor, weight: Tensor, stride: tuple, padding
                                dilation: tuple, groups: int) -> bool:
     """True if :func:`conv2d_backward` uses the forward-convolution route for this conv:
     a CPU tensor, stride 1, ``groups == C_in == C_out`` and ``padding ≤ dilation·(K−1)``."""
-    if x.device.type != 'cpu' or x.dim() != 4 or weight.dim() != 4:
+    if not _routes_enabled or x.device.type != 'cpu' or x.dim() != 4 or weight.dim() != 4:
         return False
     if not (groups == x.shape[1] == weight.shape[0] and weight.shape[1] == 1):
         return False

@@ -1,4 +1,5 @@
 """Tests of the measurement tools (mmlrf.analysis): energy counting, benchmark, locality."""
+import importlib.util
 import json
 import os
 
@@ -227,6 +228,36 @@ def test_benchmark_channels_last_model_case(tmp_path):
                        channels_last=(True,))
 
 
+def test_benchmark_onednn_convs_twin(monkeypatch):
+    """--onednn-convs: each model case gets a twin with mmlrf's conv routes off, in its own
+    ratio group but timed together with the routed case; the twin really runs without them."""
+    from mmlrf import conv as conv_routes
+    cases = bm.smoke_cases(bm.model_cases(bm.MODEL_19M_CONFIG, ['official', 'lrf_dyn'],
+                                          [(1024, 1024)], modes=['train'],
+                                          conv_routes=(True, False)))
+    assert [c['conv_routes'] for c in cases] == [True, True, False, False]
+    keys = [bm.group_key(c) for c in cases]
+    assert keys[0] == keys[1] != keys[2] == keys[3] and keys[2].endswith(' oneDNN-convs')
+    assert len({bm.timing_key(c) for c in cases}) == 1
+    calls = []
+    real = conv_routes._pointwise_forward
+    monkeypatch.setattr(conv_routes, '_pointwise_forward', lambda *a: calls.append(1) or real(*a))
+    routed, twin = bm.run_case(cases[1], warmup=0, repeats=1), len(calls)
+    off = bm.run_case(cases[3], warmup=0, repeats=1)
+    assert 'error' not in routed and 'error' not in off
+    assert twin > 0 and len(calls) == twin  # no 1x1 matrix product with the routes off
+    assert conv_routes._routes_enabled  # restored
+    spec = importlib.util.spec_from_file_location(
+        'benchmark_tool', os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for argv, message in ((['--onednn-convs'], 'applies to whole models'),
+                          (['--config', TOY, '--onednn-convs', '--device', 'cuda'],
+                           'needs --device cpu')):
+        with pytest.raises(SystemExit, match=message):
+            tool.main(argv)
+
+
 # ---------------------------------------------------------------------------------- profiling
 def test_profile_attributes_time_to_leaf_modules():
     from mmlrf.analysis.profile import format_profile, profile_forward
@@ -248,7 +279,6 @@ def test_profile_attributes_time_to_leaf_modules():
 
 
 def test_profile_model_tool_on_toy_config(tmp_path):
-    import importlib.util
     spec = importlib.util.spec_from_file_location(
         'profile_model', os.path.join(ROOT, 'tools', 'analysis', 'profile_model.py'))
     tool = importlib.util.module_from_spec(spec)

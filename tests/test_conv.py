@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmlrf import conv as conv_routes
-from mmlrf.conv import (RoutedConv2d, conv2d_backward, conv2d_forward,
+from mmlrf.conv import (RoutedConv2d, conv2d_backward, conv2d_forward, cpu_routes,
                         depthwise_backward_applies, pointwise_applies)
 
 # (kernel (kh, kw), padding, dilation, bias): the LRF branch's dilated 3x3s, SepConv's 7x7,
@@ -110,6 +110,27 @@ def test_routed_conv2d_is_a_drop_in_conv2d(monkeypatch, args, kwargs, route):
     with torch.no_grad():
         torch.testing.assert_close(conv(x), plain(x))
     assert taken == [1]  # no graph, no backward
+
+
+def test_cpu_routes_switch(monkeypatch):
+    """cpu_routes(False) sends both routes to oneDNN inside the block, and restores the
+    setting on exit, also on an exception."""
+    for name in ('_pointwise_forward', '_pointwise_grads', '_depthwise_grads'):
+        monkeypatch.setattr(conv_routes, name, lambda *a: pytest.fail('route taken'))
+    x = torch.randn(2, 6, 8, 8, requires_grad=True)
+    pointwise, depthwise = RoutedConv2d(6, 4, 1), RoutedConv2d(6, 6, 3, padding=1, groups=6)
+    with cpu_routes(False):
+        assert not pointwise_applies(x, pointwise.weight, (1, 1), (0, 0), 1)
+        assert not depthwise_backward_applies(x, depthwise.weight, (1, 1), (1, 1), (1, 1), 6)
+        (pointwise(x).sum() + depthwise(x).sum()).backward()
+        with torch.no_grad():
+            pointwise(x)
+    assert x.grad is not None
+    with pytest.raises(KeyError):
+        with cpu_routes(False):
+            raise KeyError
+    assert pointwise_applies(x, pointwise.weight, (1, 1), (0, 0), 1)
+    assert depthwise_backward_applies(x, depthwise.weight, (1, 1), (1, 1), (1, 1), 6)
 
 
 def test_convbn_builds_routed_convs():

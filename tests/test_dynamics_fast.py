@@ -88,6 +88,26 @@ def test_chunked_scans_extreme_decays(scan):
     assert rel_err(scan(u, log_a, w, d, 32), ref) < 1e-12
 
 
+def test_chunked_scan_keeps_only_its_inputs_for_backward():
+    """No chunk operator ([C, L, L] Toeplitz, [C, k, L] powers) and no copy of u is kept for
+    backward: every saved tensor shares the storage of an input."""
+    torch.manual_seed(3)
+    u = torch.randn(2, 16, 256, requires_grad=True)
+    log_a = (-torch.rand(16, 4)).requires_grad_()
+    w, d = torch.randn(16, 4, requires_grad=True), torch.randn(16, requires_grad=True)
+    inputs = {t.untyped_storage().data_ptr() for t in (u, log_a, w, d)}
+    saved = []
+
+    def pack(t):
+        saved.append((t.untyped_storage().data_ptr(), tuple(t.shape)))
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = chunked_scan(u, log_a, w, d, 64)
+    assert saved and all(ptr in inputs for ptr, _ in saved), saved
+    y.sum().backward()
+    assert all(t.grad is not None for t in (u, log_a, w, d))
+
+
 def test_auto_uses_scan_on_cpu_and_mode_is_switchable():
     module = make(mode='auto')
     x = torch.randn(1, 3, 5, 6)

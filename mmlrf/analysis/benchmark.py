@@ -13,7 +13,9 @@ Dynamics cases (the dendritic operator alone, ``variant`` ``'dynamics:<mode>'``,
 ``channels`` (its C), ``hw``, ``n_tokens``, ``batch``; reported with ``output_mib`` and
 ``extra_over_output`` (peak minus the output tensor, over the output tensor).
 Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict), ``attn_key``
-(dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``).
+(dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``),
+``fuse_conv_bn``, ``cuda_graph``, ``channels_last`` and ``conv_routes`` (default True; False
+runs every convolution through oneDNN, :func:`mmlrf.conv.cpu_routes`).
 """
 from __future__ import annotations
 
@@ -411,8 +413,16 @@ def _check_case(case: dict) -> None:
 def _case_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
     """The work of one iteration of ``case`` and its attribution fields (the builders run the
     work once: that is the first warm-up call)."""
+    from ..conv import cpu_routes
     work = {'model': _model_work, 'dynamics': _dynamics_work}.get(case['kind'], _operator_work)
-    return work(case, device)
+    routes = case.get('conv_routes', True)
+    with cpu_routes(routes):
+        fn, info = work(case, device)
+
+    def routed() -> Any:
+        with cpu_routes(routes):
+            return fn()
+    return routed, info
 
 
 def _error(e: Exception) -> str:
@@ -537,7 +547,7 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
             allocator's peak is exact in-process.
         threads: torch CPU threads of each subprocess (default: this process's).
         timeout_s: per-subprocess timeout; a timed-out case gets an ``error``.
-        interleave: time the cases of each ratio group (:func:`group_key`) together with
+        interleave: time the cases of each :func:`timing_key` group together with
             :func:`time_interleaved` (one process per group when isolated), after all peaks.
         log: called with one progress line per case.
     """
@@ -571,7 +581,7 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
         groups: dict[str, list[int]] = {}
         for i, res in enumerate(results):
             if 'error' not in res and repeats > 0:
-                groups.setdefault(group_key(res), []).append(i)
+                groups.setdefault(timing_key(res), []).append(i)
         for members in groups.values():
             for i, timed in zip(members, times_of([cases[i] for i in members])):
                 merge(results[i], timed)
@@ -592,6 +602,8 @@ def group_key(result: dict) -> str:
             shape += ' channels-last'
         if result.get('cuda_graph'):
             shape += ' cuda-graph'
+        if not result.get('conv_routes', True):
+            shape += ' oneDNN-convs'
 
     else:
         shape = (f"N={result['n_tokens']} C={result['channels']} heads={result['heads']} "
@@ -599,6 +611,12 @@ def group_key(result: dict) -> str:
                  f"T={result['T']}")
     kind = 'operator' if result['kind'] == 'floor' else result['kind']
     return f"{kind} {result['mode']} {result['dtype']} {shape}"
+
+
+def timing_key(result: dict) -> str:
+    """:func:`group_key` of the case with mmlrf's conv routes on: a case and its oneDNN-convs
+    twin are timed together by ``--interleave`` (same-run ratios between the two settings)."""
+    return group_key(dict(result, conv_routes=True))
 
 
 def compute_ratios(results: list[dict], reference: str = REFERENCE) -> list[dict]:
@@ -660,12 +678,15 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
                 dtypes: list[str] = ('float32',), cfg_options: dict | None = None,
                 attn_key: str = 'model.backbone.attn', fused: Sequence[bool] = (False,),
                 graphed: Sequence[bool] = (False,),
-                channels_last: Sequence[bool] = (False,)) -> list[dict]:
+                channels_last: Sequence[bool] = (False,),
+                conv_routes: Sequence[bool] = (True,)) -> list[dict]:
     """The cross product of the whole-model sweep. ``fused`` lists the BN settings (True: fold
     every BN into its conv before measuring), ``graphed`` the launch settings (True: replay
     the forward as one CUDA graph, :class:`mmlrf.cuda_graph.GraphedForward`) and
     ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`), e.g.
-    ``(False, True)`` for both; True applies to inference only.
+    ``(False, True)`` for both; True applies to inference only. ``conv_routes`` lists the
+    convolution settings (False: every conv through oneDNN, :func:`mmlrf.conv.cpu_routes`;
+    any mode).
 
     Raises:
         ValueError: for a fused, graphed or channels-last setting with a 'train' mode.
@@ -675,8 +696,10 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
                          f'to the infer mode only, got modes={list(modes)}')
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
-                 attn_key=attn_key, fuse_conv_bn=fuse, cuda_graph=graph, channels_last=last)
+                 attn_key=attn_key, fuse_conv_bn=fuse, cuda_graph=graph, channels_last=last,
+                 conv_routes=routes)
             for fuse in fused for graph in graphed for last in channels_last
+            for routes in conv_routes
             for mode in modes for dtype in dtypes
             for res in resolutions for b in batches
             for v in variants]

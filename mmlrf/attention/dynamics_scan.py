@@ -14,7 +14,8 @@ All powers are ``exp(m log ā)`` with m ≥ 0 and log ā ≤ 0, so nothing can o
 
 - :func:`chunked_scan` (mode ``'scan'``): all chunks at once (three batched matmuls), only the
   cheap ``[B, C, k]`` state carry loops over the N/L chunks. Fastest; extra memory about one
-  output-sized buffer plus ``[B, C, N/L, k]`` chunk states.
+  output-sized buffer plus ``[B, C, N/L, k]`` chunk states; for backward it keeps only its
+  input and parameters.
 - :func:`streaming_scan` (mode ``'stream'``): chunk after chunk, carrying only the ``[B, C, k]``
   state; extra memory beyond input and output is O(C·k + C·L²) (state and chunk operators) plus
   one chunk of activations, independent of N.
@@ -71,8 +72,54 @@ def exclusive_chunk_scan(ends: Tensor, decay: Tensor) -> Tensor:
     return torch.stack(states, 2)
 
 
+def _chunk_products(chunks: Tensor, log_a: Tensor, w: Tensor, length: int) -> Tensor:
+    """``[B, C, nc, L]`` chunks → their dynamics output without the skip, ``[B, C, nc, L]``."""
+    toeplitz_t, readout, inject, chunk_decay = chunk_operators(log_a, w, length)
+    y = torch.matmul(chunks, toeplitz_t)
+    entering = exclusive_chunk_scan(torch.matmul(chunks, inject), chunk_decay)
+    return y.add_(torch.matmul(entering, readout))
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """:func:`_chunk_products` saving only its inputs (the chunks, usually a view of the
+    sequence, and the ``[C, k]`` parameters) for backward.
+
+    Autograd would keep the chunk operators (``[C, L, L]`` Toeplitz and three ``[C, k, L]``
+    tensors: 24 MiB per layer for C = 1024, L = 64, whatever the batch). Backward rebuilds
+    them from ``(log ā, w)`` instead, with the cheap state path (``k`` ≪ ``L`` columns), and
+    never recomputes the ``[B, C, nc, L] × [C, L, L]`` product itself.
+    """
+
+    @staticmethod
+    def forward(ctx, chunks: Tensor, log_a: Tensor, w: Tensor, length: int) -> Tensor:
+        ctx.save_for_backward(chunks, log_a, w)
+        ctx.length = length
+        return _chunk_products(chunks, log_a, w, length)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        chunks, log_a, w = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (chunks, log_a, w)]
+            toeplitz_t, readout, inject, chunk_decay = chunk_operators(*leaves[1:], ctx.length)
+            carried = torch.matmul(
+                exclusive_chunk_scan(torch.matmul(leaves[0], inject), chunk_decay), readout)
+        # y = chunks @ T + carried: T's gradient by hand, the rest through the rebuilt graph
+        g_toeplitz = torch.einsum('bcns,bcnt->cst', chunks, grad)
+        # (a single chunk carries no state in: the chunks then only reach y through T)
+        g_carried, g_log_a, g_w = torch.autograd.grad((carried, toeplitz_t), leaves,
+                                                      (grad, g_toeplitz), allow_unused=True)
+        g_chunks = torch.matmul(grad, toeplitz_t.detach().transpose(-1, -2))
+        if g_carried is not None:
+            g_chunks += g_carried
+        return g_chunks, g_log_a, g_w, None
+
+
 def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int = 64) -> Tensor:
     """Causal dendritic dynamics over ``[B, C, N]``, all chunks in parallel (exact, differentiable).
+
+    For backward it keeps only ``u`` (no copy when L divides N) and the ``[C, k]`` parameters
+    (:class:`_ChunkedScan`).
 
     Args:
         u (Tensor): ``[B, C, N]`` input sequence.
@@ -87,12 +134,8 @@ def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int
     bsz, ch, n = u.shape
     length = min(chunk_size, n)
     num_chunks = -(-n // length)
-    toeplitz_t, readout, inject, chunk_decay = chunk_operators(log_a, w, length)
-    chunks = F.pad(u, (0, num_chunks * length - n)).reshape(bsz, ch, num_chunks, length)
-    y = torch.matmul(chunks, toeplitz_t)                           # [B, C, nc, L]
-    local_end = torch.matmul(chunks, inject)                       # [B, C, nc, k]
-    entering = exclusive_chunk_scan(local_end, chunk_decay)         # [B, C, nc, k]
-    y += torch.matmul(entering, readout)   # in place: matmul saves its inputs, not its output
+    padded = u if num_chunks * length == n else F.pad(u, (0, num_chunks * length - n))
+    y = _ChunkedScan.apply(padded.reshape(bsz, ch, num_chunks, length), log_a, w, length)
     return y.reshape(bsz, ch, num_chunks * length)[..., :n].addcmul_(u, d[:, None])
 
 

@@ -19,6 +19,10 @@ Examples::
     # ... with the weights stored channels-last (lower CPU inference memory), in the same run
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --channels-last
+    # mmlrf's CPU conv routes against plain oneDNN convolutions, timed together
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train \
+        --onednn-convs --interleave
     # a training-step ratio on a shared machine: time both models round-robin in one process
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train --interleave
@@ -78,6 +82,10 @@ def parse_args(argv=None):
     p.add_argument('--channels-last', action='store_true',
                    help='--config inference: also measure every case with the weights stored '
                         'channels-last (mmlrf.hooks.to_channels_last), in the same run')
+    p.add_argument('--onednn-convs', action='store_true',
+                   help='--config: also measure every case with all convolutions through oneDNN '
+                        "(mmlrf's CPU conv routes off, mmlrf.conv.cpu_routes), in the same run; "
+                        'with --interleave each case and its twin are timed together')
     p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
@@ -97,11 +105,15 @@ def main(argv=None):
         sys.exit('error: --preset and --config are exclusive (a preset picks its model by '
                  '--model-config)')
     for flag, on in (('--fuse-conv-bn', args.fuse_conv_bn), ('--cuda-graph', args.cuda_graph),
-                     ('--channels-last', args.channels_last)):
+                     ('--channels-last', args.channels_last),
+                     ('--onednn-convs', args.onednn_convs)):
         if on and not args.config:
             sys.exit(f'error: {flag} applies to whole models given by --config')
     if args.cuda_graph and not args.device.startswith('cuda'):
         sys.exit(f'error: --cuda-graph needs a CUDA --device, got {args.device!r}')
+    if args.onednn_convs and args.device != 'cpu':
+        sys.exit('error: --onednn-convs compares the CPU conv routes: it needs --device cpu, '
+                 f'got {args.device!r}')
     if args.preset:
         cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
     elif args.config:
@@ -111,7 +123,8 @@ def main(argv=None):
                                    args.dtypes, args.cfg_options, args.attn_key,
                                    (False, True) if args.fuse_conv_bn else (False,),
                                    (False, True) if args.cuda_graph else (False,),
-                                   (False, True) if args.channels_last else (False,))
+                                   (False, True) if args.channels_last else (False,),
+                                   (True, False) if args.onednn_convs else (True,))
         except ValueError as err:
             sys.exit(f'error: {err}')
     else:
