@@ -16,7 +16,8 @@
 # graph; the graph's memory is its capture peak, graph_pool_mib), channels_last.{json,png}
 # (the same inference with the weights stored channels-last, BNs kept / folded),
 # train_tridiagonal.{json,png} (the training step with the re-diagonalised tridiagonal M),
-# profile{,_fused}.json (where the LRF-Dyn model's inference time goes), suite.log.
+# profile{,_fused}.json (where the LRF-Dyn model's inference time goes), conv.json (cuDNN
+# against mmlrf's CPU conv routes, 1x1 as matrix products, on this GPU), suite.log.
 # TF32 is off (fp32 parity); bf16 rows use autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -50,11 +51,12 @@ if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
     LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=2 DEVICE=cpu GRAPH=()
+    CONV_REPEATS=1
     MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
     LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
-    GRAPH=(--cuda-graph)
+    GRAPH=(--cuda-graph) CONV_REPEATS=5
 fi
 
 {
@@ -86,6 +88,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     timeout $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn lrf_dyn_tridiagonal --resolution ${RES_TRAIN} \
         --batch ${BATCH_TRAIN} --modes train "${ARGS[@]}" --out "$OUT/train_tridiagonal"
+    # would the CPU conv routes (1x1 as matrix products, depth-wise backward as forward convs)
+    # beat cuDNN here? The models take them on the CPU only.
+    timeout 60 $PY tools/analysis/bench_conv.py --device ${DEVICE} --repeats ${CONV_REPEATS} \
+        --out "$OUT/conv.json" | grep -v Warning
     # where the inference time goes (per leaf-module type and operator), unfused and fused
     for fused in "" "--fuse-conv-bn"; do
         timeout $((LIMIT / 3)) $PY tools/analysis/profile_model.py "$MODEL" --variant lrf_dyn \
