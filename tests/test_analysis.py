@@ -1,5 +1,4 @@
 """Tests of the measurement tools (mmlrf.analysis): energy counting, benchmark, locality."""
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,7 @@ from torch import nn
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis import energy
 from mmlrf.neurons import MultiSpike
+from tool_loading import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY = os.path.join(ROOT, bm.TOY_CONFIG)
@@ -247,10 +247,7 @@ def test_benchmark_onednn_convs_twin(monkeypatch):
     assert 'error' not in routed and 'error' not in off
     assert twin > 0 and len(calls) == twin  # no 1x1 matrix product with the routes off
     assert conv_routes._routes_enabled  # restored
-    spec = importlib.util.spec_from_file_location(
-        'benchmark_tool', os.path.join(ROOT, 'tools', 'analysis', 'benchmark.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('analysis/benchmark')
     for argv, message in ((['--onednn-convs'], 'applies to whole models'),
                           (['--config', TOY, '--onednn-convs', '--device', 'cuda'],
                            'needs --device cpu')):
@@ -279,10 +276,7 @@ def test_profile_attributes_time_to_leaf_modules():
 
 
 def test_profile_model_tool_on_toy_config(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        'profile_model', os.path.join(ROOT, 'tools', 'analysis', 'profile_model.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('analysis/profile_model')
     out = str(tmp_path / 'p')
     report = tool.main([TOY, '--variant', 'lrf_dyn', '--resolution', '64x64', '--iterations',
                         '1', '--warmup', '0', '--fuse-conv-bn', '--out', out])

@@ -218,15 +218,11 @@ def test_conv_benchmark_compares_both_routes():
 
 
 def test_conv_benchmark_tool(tmp_path, monkeypatch, capsys):
-    import importlib.util
     import json
-    import os
+
     from mmlrf.analysis import conv_bench
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        'bench_conv', os.path.join(root, 'tools', 'analysis', 'bench_conv.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from tool_loading import load_tool
+    tool = load_tool('analysis/bench_conv')
     monkeypatch.setattr(tool, 'SDTV3_19M_CONVS', conv_bench.SDTV3_19M_CONVS[:1])
     out = tmp_path / 'conv.json'
     rows = tool.main(['--batch', '1', '--repeats', '1', '--out', str(out)])

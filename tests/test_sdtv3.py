@@ -6,7 +6,6 @@ environment variable ``MMLRF_SDTV3_FIXTURE``) and the key/shape listings of its 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -26,8 +25,8 @@ from mmlrf.convert.parity import check_fixture, load_fixture
 from mmlrf.convert.sdtv3 import (SDTV3Segmentor, convert_official_state_dict,
                                  mmlrf_config_from_official)
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
+from tool_loading import load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FIXTURE = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures' / 'sdtv3'
 FIXTURE = Path(os.environ.get('MMLRF_SDTV3_FIXTURE', DEFAULT_FIXTURE))
 TINY_DIMS = [8, 12, 24, 32]
@@ -41,13 +40,6 @@ def _fixture_dir() -> Path:
 
 def _keys_json() -> dict:
     return json.loads((_fixture_dir() / 'keys.json').read_text())
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny_backbone(**kwargs) -> SDTV3:
@@ -106,7 +98,7 @@ def _write_fixture(dst: Path, names=('C',), perturb=None):
 
 def test_parity_cli_passes_on_fixture(tmp_path, capsys):
     fixture = _write_fixture(tmp_path / 'fx')
-    assert _tool('check_sdtv3_parity').main([str(fixture)]) == 0
+    assert load_tool('check_sdtv3_parity').main([str(fixture)]) == 0
     out = capsys.readouterr().out
     assert 'C logits' in out and 'max|diff|' in out and 'PASS' in out
 
@@ -117,7 +109,7 @@ def test_parity_cli_fails_on_perturbed_tensor(tmp_path, capsys):
         exp['C']['logits'][0, 2, 3, 4] += 0.01
 
     fixture = _write_fixture(tmp_path / 'fx', perturb=perturb)
-    assert _tool('check_sdtv3_parity').main([str(fixture), '--dtype', 'float64']) == 1
+    assert load_tool('check_sdtv3_parity').main([str(fixture), '--dtype', 'float64']) == 1
     out = capsys.readouterr().out
     assert 'logits' in out and 'MISMATCH' in out and 'FAIL' in out
 
@@ -129,7 +121,7 @@ def test_parity_cli_fails_on_perturbed_spike_counts(tmp_path, capsys):
         counts[50, 2] -= 1
 
     fixture = _write_fixture(tmp_path / 'fx', perturb=perturb)
-    assert _tool('check_sdtv3_parity').main([str(fixture)]) == 1
+    assert load_tool('check_sdtv3_parity').main([str(fixture)]) == 1
     assert 'neuron #50 backbone.block3.2.attn.attn_spike' in capsys.readouterr().out
 
 
@@ -207,7 +199,7 @@ def test_convert_imagenet_checkpoint(tmp_path, capsys, layer_scale):
     src, dst = tmp_path / 'cls.pth', tmp_path / 'out.pth'
     model = _imagenet_checkpoint(src)
     argv = [str(src), str(dst)] + ([] if layer_scale is None else ['--layer-scale', '1.0'])
-    assert _tool('convert_sdtv3').main(argv) == 0
+    assert load_tool('convert_sdtv3').main(argv) == 0
     out = capsys.readouterr().out
     assert 'filled keys: 24' in out and 'dropped keys: 2' in out and 'missing keys: 0' in out
     saved = torch.load(dst, weights_only=True)['state_dict']
@@ -235,7 +227,7 @@ def test_convert_refuses_partial_unless_allowed(tmp_path, capsys):
     state['decode_head.conv_seg.bias'] = torch.zeros(6)
     src, dst = tmp_path / 'seg.pth', tmp_path / 'out.pth'
     torch.save(dict(state_dict=state, meta={}), src)
-    tool = _tool('convert_sdtv3')
+    tool = load_tool('convert_sdtv3')
     assert tool.main([str(src), str(dst)]) == 1
     assert not dst.exists()
     out = capsys.readouterr().out

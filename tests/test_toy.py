@@ -1,6 +1,5 @@
 """The toy texture data set: determinism, ADE20K layout, colour-blind classes, first-use
 generation, and a short end-to-end training through tools/train.py's code path (with resume)."""
-import importlib.util
 import os
 import os.path as osp
 
@@ -13,19 +12,12 @@ import torch
 from mmseg.utils import register_all_modules
 
 from mmlrf.datasets import TOY_CLASSES, ToyTextureDataset, make_toy_dataset, make_toy_sample
+from tool_loading import load_tool
 
 register_all_modules(init_default_scope=True)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIG = osp.join(ROOT, 'configs', 'toy', 'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f'_tool_{name}',
-                                                  osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_sample_is_deterministic_and_seed_dependent():
@@ -104,7 +96,7 @@ def test_dataset_class_generates_on_first_use(tmp_path):
 
 
 def test_short_toy_training_via_train_tool_and_resume(tmp_path):
-    train = _tool('train')
+    train = load_tool('train')
     make_toy_dataset(str(tmp_path / 'toy'), num_train=8, num_val=2, size=32)
     opts = ['--cfg-options', f'data_root={tmp_path / "toy"}', 'train_dataloader.batch_size=2',
             'model.data_preprocessor.size=(32,32)', 'default_hooks.logger.interval=1']
