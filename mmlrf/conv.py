@@ -20,7 +20,8 @@ exact route there:
     with one group per (image, channel)), summed over the batch.
 
 :func:`conv2d_forward` and :func:`conv2d_backward` take these routes where they apply and call
-``F.conv2d`` / ``aten::convolution_backward`` (what autograd calls) everywhere else, so results
+``F.conv2d`` / ``aten::convolution_backward`` (what autograd calls,
+:func:`torch_conv2d_backward`) everywhere else, so results
 equal the plain convolution's up to float summation order. :class:`RoutedConv2d` is the
 ``nn.Conv2d`` that uses them; every convolution of mmlrf's models is one. On the GPU nothing
 changes.
@@ -132,6 +133,16 @@ def _depthwise_grads(grad: Tensor, x: Tensor, weight: Tensor, padding: tuple, di
     return g_x, g_w
 
 
+def torch_conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias_shape: tuple | None,
+                          stride: tuple, padding: tuple, dilation: tuple, groups: int,
+                          mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
+    """``aten::convolution_backward``, the kernel autograd calls for ``F.conv2d`` (oneDNN on
+    the CPU, cuDNN on CUDA); arguments and result as :func:`conv2d_backward`."""
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, None if bias_shape is None else list(bias_shape), list(_pairs(stride)),
+        list(_pairs(padding)), list(_pairs(dilation)), False, [0, 0], groups, list(mask))
+
+
 def conv2d_forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple,
                    padding: tuple, dilation: tuple, groups: int) -> Tensor:
     """``F.conv2d(x, weight, bias, stride, padding, dilation, groups)``, as a matrix product
@@ -166,10 +177,8 @@ def conv2d_backward(grad: Tensor, x: Tensor, weight: Tensor, bias_shape: tuple |
     elif depthwise_backward_applies(x, weight, stride, padding, dilation, groups):
         g_x, g_w = _depthwise_grads(grad, x, weight, padding, dilation, mask[:2])
     else:
-        return torch.ops.aten.convolution_backward(
-            grad, x, weight, None if bias_shape is None else list(bias_shape),
-            list(_pairs(stride)), list(_pairs(padding)), list(_pairs(dilation)), False, [0, 0],
-            groups, list(mask))
+        return torch_conv2d_backward(grad, x, weight, bias_shape, stride, padding, dilation,
+                                     groups, mask)
     g_b = grad.sum((0, 2, 3)) if mask[2] and bias_shape is not None else None
     return g_x, g_w, g_b
 

@@ -8,7 +8,8 @@ Submodules (imported on demand, so ``import mmlrf`` stays light):
 * :mod:`~mmlrf.analysis.energy`: firing rates, SOPs / MACs and energy from forward hooks.
 * :mod:`~mmlrf.analysis.locality`: token-to-token weight vs distance, entropy, ERF maps.
 * :mod:`~mmlrf.analysis.profile`: time of one forward pass per leaf-module type and operator.
-* :mod:`~mmlrf.analysis.conv_bench`: CPU convolutions, oneDNN vs mmlrf's 1×1 and depth-wise routes.
+* :mod:`~mmlrf.analysis.conv_bench`: convolutions, torch's kernels vs mmlrf's 1×1 and
+  depth-wise routes.
 * :mod:`~mmlrf.analysis.loading`: build a segmentor from a config and get input batches.
 * :mod:`~mmlrf.analysis.plotting`: matplotlib (Agg) helpers.
 """

@@ -19,7 +19,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from ..conv import _depthwise_grads, _pointwise_forward, _pointwise_grads
+from ..conv import _depthwise_grads, _pointwise_forward, _pointwise_grads, torch_conv2d_backward
 from .memory import time_ms
 
 #: (label, input [B, C, H, W], C_out (1×1) or None (depth-wise), kernel, dilation).
@@ -87,7 +87,6 @@ def compare_conv(shape: tuple[int, int, int, int], out_channels: int | None, ker
     grad = torch.randn(b, weight_shape[0], h, w, generator=gen).to(device)
     pad, dil = (dilation * (kernel - 1) // 2,) * 2, (dilation, dilation)
     geometry = ((1, 1), pad, dil, groups)
-    mask = [True, True, False]
 
     def forward_ref():
         return F.conv2d(x, weight, None, *geometry)
@@ -96,8 +95,7 @@ def compare_conv(shape: tuple[int, int, int, int], out_channels: int | None, ker
         return _pointwise_forward(x, weight, None) if pointwise else forward_ref()
 
     def backward_ref():
-        return torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(pad),
-                                                   list(dil), False, [0, 0], groups, mask)
+        return torch_conv2d_backward(grad, x, weight, None, *geometry, (True, True, False))
 
     def backward_ours():
         if pointwise:
