@@ -255,6 +255,185 @@ def test_benchmark_onednn_convs_twin(monkeypatch):
             tool.main(argv)
 
 
+@pytest.fixture
+def cuda_precision():
+    """Restores the process-wide CUDA precision flags after the test."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark)
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.backends.cudnn.benchmark) = saved
+
+
+@pytest.mark.parametrize('argv, flags', [
+    ([], (False, False, False)),
+    (['--tf32'], (True, True, False)),                       # a bare --tf32 is 'all', as before
+    (['--tf32', 'convs'], (False, True, False)),             # PyTorch's default precision
+    (['--tf32', 'off', '--cudnn-benchmark'], (False, False, True)),
+])
+def test_tf32_modes_set_the_cuda_flags(cuda_precision, argv, flags):
+    tool = load_tool('analysis/benchmark')
+    args = tool.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = not flags[0]
+    torch.backends.cudnn.allow_tf32 = not flags[1]
+    bm.set_cuda_precision(args.tf32, args.cudnn_benchmark)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.backends.cudnn.benchmark) == flags
+
+
+def test_tf32_mode_errors(cuda_precision, capsys):
+    with pytest.raises(ValueError, match='tf32 must be one of'):
+        bm.set_cuda_precision('tf32')
+    with pytest.raises(SystemExit):
+        load_tool('analysis/benchmark').parse_args(['--tf32', 'matmul'])
+    assert 'invalid choice' in capsys.readouterr().err
+
+
+def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
+    """``gpu_suite.sh`` stays within SUITE_BUDGET: with none left, every step is logged as
+    SKIPPED (none runs, nothing is written) and the suite still ends with its log."""
+    import subprocess
+    import sys
+    out = tmp_path / 'suite'
+    proc = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'analysis', 'gpu_suite.sh'),
+                           '--smoke'], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, SUITE_BUDGET='0', OUT=str(out),
+                                   PYTHON=sys.executable))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    skipped = [ln for ln in proc.stdout.splitlines() if ln.endswith('SKIPPED (suite budget '
+                                                                    'of 0 s spent)')]
+    names = [ln.split()[1].rstrip(':') for ln in skipped]
+    assert names == ['dynamics', 'issue5', 'fused', 'tf32_convs', 'channels_last',
+                     'train_tridiagonal', 'conv', 'profile', 'profile_fused']
+    assert sorted(p.name for p in out.iterdir()) == ['suite.log']
+    assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
+
+
+def test_model_args_validation(tmp_path):
+    import argparse
+
+    from mmlrf.analysis.model_args import add_model_args, check_model_args, parse_hw
+    assert parse_hw('512x1024') == (512, 1024) and parse_hw('64X32') == (64, 32)
+    for bad, message in (('64', 'HxW'), ('axb', 'HxW'), ('1x2x3', 'HxW'), ('0x64', 'positive')):
+        with pytest.raises(ValueError, match=message):
+            parse_hw(bad)
+    one, several = argparse.ArgumentParser(), argparse.ArgumentParser()
+    add_model_args(one)
+    add_model_args(several, several_variants=True, batch=2)
+    args = several.parse_args([TOY, '--variants', 'official', 'lrf_dyn:scan'])
+    assert args.batch == 2 and check_model_args(args) == (512, 512)
+    assert one.parse_args([TOY]).variant is None and one.parse_args([TOY]).batch == 1
+    for parser, argv, message in (
+            (one, [str(tmp_path / 'missing.py')], 'config file not found'),
+            (one, [TOY, '--variant', 'nope'], 'variant must be one of'),
+            (several, [TOY, '--variants', 'official', 'nope'], 'variant must be one of'),
+            (one, [TOY, '--batch', '0'], 'batch must be >= 1'),
+            (one, [TOY, '--resolution', '5'], 'HxW')):
+        with pytest.raises(ValueError, match=message):
+            check_model_args(parser.parse_args(argv))
+    with pytest.raises(SystemExit, match='HxW'):
+        load_tool('analysis/benchmark').main(['--config', TOY, '--resolution', '64'])
+
+
+# ------------------------------------------------------------------------ saved for backward
+class _Save(torch.autograd.Function):
+    """Identity that saves its input (and, twice, a view of it) for backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x, x[:1], x)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class _Saver(nn.Module):
+    def forward(self, x):
+        return _Save.apply(x)
+
+
+class _ConvParent(nn.Module):
+    """A conv (its float input saved by autograd) inside a parent module."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 1, bias=False)
+        self.conv_hooked_during_forward = None
+
+    def forward(self, x):
+        self.conv_hooked_during_forward = bool(self.conv._forward_hooks
+                                               or self.conv._forward_pre_hooks)
+        return self.conv(x.view(1, 2, 3, 1)).view(2, 3)
+
+
+def test_saved_tensor_meter_counts_and_attributes_by_hand():
+    from mmlrf.analysis.saved_tensors import OUTSIDE, SavedTensorMeter
+    model = nn.Sequential(_Saver(), nn.Sequential(_Saver(), _Saver()), _ConvParent())
+    x = torch.randn(2, 3, requires_grad=True)
+    size = x.numel() * 4  # one float32 [2, 3] storage: views and repeats count once
+    with SavedTensorMeter(model.parameters(), model, depth=1) as meter:
+        y = model(x)
+        _Save.apply(y.double())
+    assert meter.bytes == 4 * size + 2 * size  # x + 3 clones + conv input; the double outside
+    assert dict(meter.by_dtype) == {torch.float32: 4 * size, torch.float64: 2 * size}
+    assert dict(meter.by_module) == {'0': size, '1': 2 * size, '2': size, OUTSIDE: 2 * size}
+    assert dict(meter.by_kind) == {('_Saver', 'float32'): 3 * size,
+                                   ('_ConvParent', 'float32'): size,
+                                   (OUTSIDE, 'float64'): 2 * size}
+    assert model[2].conv_hooked_during_forward is False
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    with SavedTensorMeter(model=model) as full:  # full names; the conv weight counted now
+        model(x)
+    assert dict(full.by_module) == {'0': size, '1.0': size, '1.1': size, '2': size + 4 * 4}
+    summary = full.summary(top=2)
+    assert summary['saved_mib'] == pytest.approx(full.bytes / 2**20)
+    assert [row[0] for row in summary['by_module']] == ['2', '0']  # largest first, cut at 2
+    with pytest.raises(ValueError, match='depth'):
+        SavedTensorMeter(depth=0)
+
+
+def test_saved_tensor_attribution_keeps_the_spike_code_path():
+    """Attributing to modules must not change what is saved (hooked convs would save floats)."""
+    from mmlrf.analysis.saved_tensors import SavedTensorMeter
+    from mmlrf.backbones import SDTV3
+    backbone = SDTV3(embed_dims=[8, 16, 32, 32], num_heads=4).train()
+    x = torch.randn(1, 3, 48, 48)
+    params = list(backbone.parameters())
+    with SavedTensorMeter(params) as plain:
+        backbone(x)
+    with SavedTensorMeter(params, backbone, depth=1) as attributed:
+        backbone(x)
+    assert attributed.bytes == plain.bytes > 0
+    assert sum(attributed.by_module.values()) == sum(attributed.by_kind.values()) == plain.bytes
+    assert attributed.by_kind[('MultiSpike', 'uint8')] > 0
+
+
+def test_saved_tensors_tool_on_toy_config(tmp_path):
+    tool = load_tool('analysis/saved_tensors')
+    out = str(tmp_path / 's')
+    summaries = tool.main([TOY, '--variants', 'official', 'lrf_dyn', '--resolution', '32x32',
+                           '--batch', '1', '--depth', '2', '--out', out])
+    report = json.loads(open(out + '.json').read())
+    assert [v['variant'] for v in report['variants']] == ['official', 'lrf_dyn']
+    assert report['variants'] == json.loads(json.dumps(summaries))
+    for v in summaries:
+        total = v['saved_mib']
+        assert total > 0
+        assert sum(mib for _, mib in v['by_module']) == pytest.approx(total)
+        assert sum(mib for *_, mib in v['by_kind']) == pytest.approx(total)
+        assert all(name.count('.') <= 1 for name, _ in v['by_module'])
+    kinds = [{cls for cls, *_ in v['by_kind']} for v in summaries]
+    assert 'SSA' in kinds[0] and 'DendriticDynamics' in kinds[1]
+    for bad, message in ((['missing.py'], 'config file not found'),
+                         ([TOY, '--variants', 'nope'], 'variant must be one of'),
+                         ([TOY, '--resolution', '64'], 'HxW'),
+                         ([TOY, '--depth', '0'], 'must be >= 1')):
+        with pytest.raises(SystemExit, match=message):
+            tool.main(bad)
+
+
 # ---------------------------------------------------------------------------------- profiling
 def test_profile_attributes_time_to_leaf_modules():
     from mmlrf.analysis.profile import format_profile, profile_forward
@@ -275,11 +454,13 @@ def test_profile_attributes_time_to_leaf_modules():
         profile_forward(model, lambda: model(x), torch.device('cpu'), iterations=0)
 
 
-def test_profile_model_tool_on_toy_config(tmp_path):
+def test_profile_model_tool_on_toy_config(tmp_path, cuda_precision):
     tool = load_tool('analysis/profile_model')
     out = str(tmp_path / 'p')
     report = tool.main([TOY, '--variant', 'lrf_dyn', '--resolution', '64x64', '--iterations',
-                        '1', '--warmup', '0', '--fuse-conv-bn', '--out', out])
+                        '1', '--warmup', '0', '--fuse-conv-bn', '--tf32', 'convs', '--out', out])
+    assert report['tf32'] == 'convs'
+    assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     names = {r['name'] for r in report['modules']}
     assert {'RoutedConv2d', 'MultiSpike', 'DendriticDynamics'} <= names
     assert 'BatchNorm2d' not in names

@@ -12,6 +12,7 @@ from torch import nn
 
 import mmlrf  # noqa: F401  (must precede mmseg)
 from mmlrf.analysis.benchmark import format_row, preset_cases, run_case, smoke_cases
+from mmlrf.analysis.saved_tensors import SavedTensorMeter
 from mmlrf.attention import LRFBranch, LRFDyn
 from mmlrf.backbones import SDTV3
 from mmlrf.conv import RoutedConv2d
@@ -42,30 +43,6 @@ def reference_spikes(x, d=4, norm=4.0):
     return _ReferenceSTE.apply(x, float(d)) / norm
 
 
-class SavedBytes:
-    """Bytes autograd saves (distinct storages), parameters excluded."""
-
-    def __init__(self, exclude=()):
-        self.bytes, self.dtypes = 0, {}
-        self._seen = {p.untyped_storage().data_ptr() for p in exclude}
-
-    def _pack(self, t):
-        key = t.untyped_storage().data_ptr()
-        if key not in self._seen:
-            self._seen.add(key)
-            self.bytes += t.untyped_storage().nbytes()
-            self.dtypes[t.dtype] = self.dtypes.get(t.dtype, 0) + t.untyped_storage().nbytes()
-        return t
-
-    def __enter__(self):
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._ctx.__exit__(*exc)
-
-
 def _no_op_hook(module, args, out):
     return None
 
@@ -81,13 +58,13 @@ def test_multispike_equals_reference_and_saves_one_byte(d, norm):
     x.data[0, 0, 0, 0, :4] = torch.tensor([0.5, 2.5, -0.0, float(d)])  # ties, edges
     x_ref = x.detach().clone().requires_grad_()
     g = torch.randn_like(x)
-    with SavedBytes() as meter:
+    with SavedTensorMeter() as meter:
         y = MultiSpike(d, norm)(x)
     y_ref = reference_spikes(x_ref, d, norm)
     y.backward(g)
     y_ref.backward(g)
     assert torch.equal(y, y_ref) and torch.equal(x.grad, x_ref.grad)
-    assert meter.bytes == x.numel() and set(meter.dtypes) == {torch.uint8}
+    assert meter.bytes == x.numel() and set(meter.by_dtype) == {torch.uint8}
 
 
 def test_multispike_inplace_only_without_autograd():
@@ -115,9 +92,9 @@ def test_spike_conv_equals_conv_of_spikes(conv):
     x = (torch.randn(1, 2, 6, 9, 9) * 3).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     conv_ref = copy.deepcopy(conv)
-    with SavedBytes(conv.parameters()) as meter:
+    with SavedTensorMeter(conv.parameters()) as meter:
         y = spike_conv2d(conv, MultiSpike()(x).flatten(0, 1))
-    with SavedBytes(conv_ref.parameters()) as meter_ref:
+    with SavedTensorMeter(conv_ref.parameters()) as meter_ref:
         y_ref = conv_ref(reference_spikes(x_ref).flatten(0, 1))
     g = torch.randn_like(y)
     y.backward(g)
@@ -136,7 +113,7 @@ def test_spike_conv_falls_back_with_hooks_and_shared_code_for_many_convs():
     x = torch.randn(1, 1, 4, 5, 5, requires_grad=True) * 3
     calls = []
     handle = convs[0].register_forward_hook(lambda m, a, o: calls.append(a[0]))
-    with SavedBytes([p for c in convs for p in c.parameters()]) as meter:
+    with SavedTensorMeter([p for c in convs for p in c.parameters()]) as meter:
         s = MultiSpike()(x).flatten(0, 1)
         outs = [spike_conv2d(c, s) for c in convs]
     handle.remove()
@@ -150,7 +127,7 @@ def test_spike_conv_ignores_modified_spikes():
     conv = nn.Conv2d(3, 3, 1)
     x = torch.randn(1, 1, 3, 4, 4, requires_grad=True)
     s = MultiSpike()(x) * 2  # not a neuron output any more
-    with SavedBytes(conv.parameters()) as meter:
+    with SavedTensorMeter(conv.parameters()) as meter:
         y = spike_conv2d(conv, s.flatten(0, 1))
     assert meter.bytes == 4 * s.numel() and torch.equal(y, conv(s.detach().flatten(0, 1)))
 
@@ -195,7 +172,7 @@ def test_backbone_saved_bytes_drop_by_the_conv_inputs():
     backbone = SDTV3(**TINY).train()
     x = torch.randn(1, 3, 48, 48)
     params = list(backbone.parameters())
-    with SavedBytes(params) as fused:
+    with SavedTensorMeter(params) as fused:
         backbone(x)
     neuron_outs, conv_inputs = set(), {}
 
@@ -208,7 +185,7 @@ def test_backbone_saved_bytes_drop_by_the_conv_inputs():
                if isinstance(m, MultiSpike)]
     handles += [m.register_forward_pre_hook(on_conv) for m in backbone.modules()
                 if isinstance(m, nn.Conv2d)]
-    with SavedBytes(params) as plain:
+    with SavedTensorMeter(params) as plain:
         backbone(x)
     for h in handles:
         h.remove()
@@ -216,7 +193,7 @@ def test_backbone_saved_bytes_drop_by_the_conv_inputs():
     assert spike_elements > 0
     assert plain.bytes - fused.bytes == 4 * spike_elements
     # every neuron keeps 1 byte per element, in both paths
-    assert fused.dtypes[torch.uint8] == plain.dtypes[torch.uint8] > 0
+    assert fused.by_dtype[torch.uint8] == plain.by_dtype[torch.uint8] > 0
 
 
 def test_inplace_inference_equals_recorded_forward():
@@ -253,9 +230,9 @@ def test_with_cp_same_gradients():
     assert all(torch.equal(a, b) for a, b in zip(*outs))
     assert all(torch.equal(a, b) for a, b in zip(*grads))
     # and it saves less: only block inputs are kept
-    with SavedBytes(plain.parameters()) as m_plain:
+    with SavedTensorMeter(plain.parameters()) as m_plain:
         plain(x)
-    with SavedBytes(ckpt.parameters()) as m_ckpt:
+    with SavedTensorMeter(ckpt.parameters()) as m_ckpt:
         ckpt(x)
     assert m_ckpt.bytes < m_plain.bytes / 2
 

@@ -8,10 +8,13 @@ Submodules (imported on demand, so ``import mmlrf`` stays light):
 * :mod:`~mmlrf.analysis.energy`: firing rates, SOPs / MACs and energy from forward hooks.
 * :mod:`~mmlrf.analysis.locality`: token-to-token weight vs distance, entropy, ERF maps.
 * :mod:`~mmlrf.analysis.profile`: time of one forward pass per leaf-module type and operator.
+* :mod:`~mmlrf.analysis.saved_tensors`: bytes autograd saves for backward, per dtype and per
+  module that saved them.
 * :mod:`~mmlrf.analysis.conv_bench`: convolutions, torch's kernels vs mmlrf's 1×1 and
   depth-wise routes.
 * :mod:`~mmlrf.analysis.loading`: build a segmentor from a config and get input batches.
+* :mod:`~mmlrf.analysis.model_args`: the config / variant / input arguments of the model tools.
 * :mod:`~mmlrf.analysis.plotting`: matplotlib (Agg) helpers.
 """
 __all__ = ['memory', 'benchmark', 'energy', 'locality', 'loading', 'plotting', 'profile',
-           'conv_bench']
+           'conv_bench', 'saved_tensors', 'model_args']

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .memory import CPU_MEASURE_ENV, MIB, measure, time_ms
+from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
 VARIANTS: dict[str, dict] = {
@@ -49,6 +50,9 @@ KINDS = ('operator', 'model', 'floor', 'dynamics')
 MODES = ('infer', 'train')
 DTYPES = ('float32', 'bfloat16', 'float16')
 REFERENCE = 'official'
+#: TF32 settings of :func:`set_cuda_precision`: none, cuDNN convolutions only (PyTorch's default),
+#: convolutions and matrix products.
+TF32_MODES = ('off', 'convs', 'all')
 
 
 # ----------------------------------------------------------------------------------- variants
@@ -151,29 +155,6 @@ def mixer_state_terms(mixer: nn.Module, shape_q: tuple[int, ...], shape_v: tuple
                 terms['dynamics_state'] = t * b * ch * k * complex_bytes / MIB
             break
     return terms
-
-
-class SavedTensorMeter:
-    """Sums the bytes autograd saves for backward (distinct storages), as a context manager."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self._seen: set[int] = set()
-
-    def _pack(self, t: Tensor) -> Tensor:
-        key = t.untyped_storage().data_ptr()
-        if key not in self._seen:
-            self._seen.add(key)
-            self.bytes += t.untyped_storage().nbytes()
-        return t
-
-    def __enter__(self) -> 'SavedTensorMeter':
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._ctx.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------------- the cases
@@ -337,10 +318,24 @@ def _graphed(infer: Callable[[], Tensor], device: torch.device) -> tuple[Callabl
     return (lambda: graphed(graphed.static_input)), pool_mib
 
 
-def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
+def random_seg_samples(batch: int, hw: tuple[int, int], num_classes: int,
+                       device: torch.device, gen: torch.Generator) -> list:
+    """``batch`` mmseg ``SegDataSample`` s with uniform random labels ``[1, H, W]`` in
+    ``[0, num_classes)`` (the training cases' targets)."""
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+    h, w = hw
+    samples = []
+    for _ in range(batch):
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
+                                             ori_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, num_classes, (1, h, w), generator=gen).to(device))
+        samples.append(sample)
+    return samples
 
+
+def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
     from ..attention import TokenMixer
     model, cfg, folded = build_variant_model(
         case['config'], case['variant'], case.get('cfg_options'),
@@ -374,14 +369,7 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
                 return model(images, mode='tensor')
         infer()
     else:
-        num_classes = cfg.model.decode_head.num_classes
-        samples = []
-        for _ in range(b):
-            s = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
-                                            ori_shape=(h, w)))
-            s.gt_sem_seg = PixelData(
-                data=torch.randint(0, num_classes, (1, h, w), generator=gen).to(device))
-            samples.append(s)
+        samples = random_seg_samples(b, (h, w), cfg.model.decode_head.num_classes, device, gen)
         meter = SavedTensorMeter()
 
         def step() -> None:
@@ -724,6 +712,26 @@ def format_ratio(r: dict) -> str:
     p = f"{r['peak_ratio']:.3f}x" if r['peak_ratio'] is not None else 'n/a'
     return (f"RATIO {r['variant']}/{r['reference']} [{r['group']}]: peak {p} "
             f"({r['peak_mib']:.1f} / {r['reference_peak_mib']:.1f} MiB){t}")
+
+
+def set_cuda_precision(tf32: str = 'off', cudnn_benchmark: bool = False) -> None:
+    """Set the process-wide CUDA float32 precision and cuDNN autotuning for the measurements.
+
+    Args:
+        tf32 (str): one of :data:`TF32_MODES`: ``'off'`` (true fp32 everywhere, what the parity
+            fixtures need), ``'convs'`` (TF32 in cuDNN convolutions only: PyTorch's default)
+            or ``'all'`` (convolutions and matrix products).
+        cudnn_benchmark (bool): let cuDNN time and pick conv algorithms (mmseg's runtime
+            default; they may take larger workspaces).
+
+    Raises:
+        ValueError: for an unknown ``tf32``.
+    """
+    if tf32 not in TF32_MODES:
+        raise ValueError(f'tf32 must be one of {TF32_MODES}, got {tf32!r}')
+    torch.backends.cuda.matmul.allow_tf32 = tf32 == 'all'
+    torch.backends.cudnn.allow_tf32 = tf32 != 'off'
+    torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
 
 
 def environment(device: str) -> dict:

@@ -13,6 +13,9 @@ Examples::
     # ... and again with every BatchNorm folded into its conv, in the same run (inference only)
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn
+    # ... at PyTorch's default GPU precision (TF32 in cuDNN convolutions, fp32 matrix products)
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 1024x2048 --tf32 convs
     # ... and replayed as one CUDA graph (GPU only; both settings in the same run)
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --cuda-graph
@@ -38,6 +41,7 @@ import torch
 from mmengine.config import DictAction
 
 from mmlrf.analysis import benchmark as bm
+from mmlrf.analysis.model_args import parse_hw
 
 
 def parse_args(argv=None):
@@ -86,7 +90,10 @@ def parse_args(argv=None):
                    help='--config: also measure every case with all convolutions through oneDNN '
                         "(mmlrf's CPU conv routes off, mmlrf.conv.cpu_routes), in the same run; "
                         'with --interleave each case and its twin are timed together')
-    p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
+    p.add_argument('--tf32', nargs='?', const='all', default='off', choices=bm.TF32_MODES,
+                   help='TF32 on CUDA: off (default; true fp32), convs (cuDNN convolutions only: '
+                        "PyTorch's default), all (convolutions and matrix products; the same as "
+                        'a bare --tf32)')
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
                         'default here: off)')
@@ -97,9 +104,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
-    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    bm.set_cuda_precision(args.tf32, args.cudnn_benchmark)
     highlights = None
     if args.preset and args.config:
         sys.exit('error: --preset and --config are exclusive (a preset picks its model by '
@@ -117,8 +122,8 @@ def main(argv=None):
     if args.preset:
         cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
     elif args.config:
-        res = [tuple(int(s) for s in r.lower().split('x')) for r in args.resolution]
         try:
+            res = [parse_hw(r) for r in args.resolution]
             cases = bm.model_cases(args.config, args.variants, res, args.batch, args.modes,
                                    args.dtypes, args.cfg_options, args.attn_key,
                                    (False, True) if args.fuse_conv_bn else (False,),

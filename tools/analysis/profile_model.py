@@ -9,7 +9,7 @@ Examples::
     python tools/analysis/profile_model.py configs/_base_/models/fpn_sdtv3.py \
         --variant lrf_dyn --resolution 1024x2048 --device cuda --fuse-conv-bn
 
-Prints the tables and writes ``<out>.json``. fp32 with TF32 off unless ``--tf32``.
+Prints the tables and writes ``<out>.json``. fp32 with TF32 off unless ``--tf32 [convs|all]``.
 """
 import argparse
 import json
@@ -18,50 +18,34 @@ import sys
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import torch
-from mmengine.config import DictAction
 
 from mmlrf.analysis import benchmark as bm
+from mmlrf.analysis.model_args import add_model_args, check_model_args
 from mmlrf.analysis.profile import format_profile, profile_forward
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config', help='segmentor config')
-    p.add_argument('--variant', default=None,
-                   help=f'replace the attention by a benchmark variant: {sorted(bm.VARIANTS)} '
-                        '(lrf_dyn may take ":<mode>"); default: the config\'s own')
-    p.add_argument('--attn-key', default='model.backbone.attn',
-                   help='config key of the attention dict a variant replaces')
-    p.add_argument('--resolution', default='512x512', help='HxW')
-    p.add_argument('--batch', type=int, default=1)
-    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    add_model_args(p)
     p.add_argument('--fuse-conv-bn', action='store_true', help='fold every BN into its conv')
-    p.add_argument('--tf32', action='store_true', help='allow TF32 on CUDA (default: off)')
+    p.add_argument('--tf32', nargs='?', const='all', default='off', choices=bm.TF32_MODES,
+                   help='TF32 on CUDA: off (default), convs (PyTorch\'s default), all')
     p.add_argument('--iterations', type=int, default=3)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--top', type=int, default=25, help='operators to list')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction, help='config overrides')
     p.add_argument('--out', default='work_dirs/profile/profile', help='writes <out>.json')
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if not os.path.isfile(args.config):
-        sys.exit(f'error: config file not found: {args.config!r}')
     try:
-        height, width = (int(v) for v in args.resolution.lower().split('x'))
-    except ValueError:
-        sys.exit(f'error: --resolution must be HxW, got {args.resolution!r}')
-    if args.batch < 1 or args.iterations < 1:
-        sys.exit('error: --batch and --iterations must be >= 1')
-    if args.variant:
-        try:
-            bm.parse_variant(args.variant)
-        except ValueError as err:
-            sys.exit(f'error: --{err}')
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
+        height, width = check_model_args(args)
+    except ValueError as err:
+        sys.exit(f'error: {err}')
+    if args.iterations < 1:
+        sys.exit('error: --iterations must be >= 1')
+    bm.set_cuda_precision(args.tf32)
     device = torch.device(args.device)
     model, _, _ = bm.build_variant_model(args.config, args.variant, args.cfg_options,
                                          args.attn_key, device, args.fuse_conv_bn)
