@@ -210,6 +210,32 @@ def test_benchmark_fused_model_case(tmp_path):
     assert [c['fuse_conv_bn'] for c in both] == [False, True]
 
 
+@pytest.mark.slow
+def test_benchmark_compiled_model_case():
+    """The toy LRF-Dyn segmentor compiles to the eager logits; a compiled case runs, reports
+    its compilation time, forms its own ratio group; training and CUDA graphs are refused."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    model, _, _ = bm.build_variant_model(TOY, 'lrf_dyn')
+    model.eval()
+    x = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(lambda t: model(t, mode='tensor'))(x),
+                                   model(x, mode='tensor'), rtol=1e-5, atol=1e-6)
+    (case,) = bm.model_cases(TOY, ['lrf_dyn'], [(32, 64)], compiled=(True,))
+    result = bm.run_case(case, warmup=0, repeats=1)
+    assert 'error' not in result and result['compile_s'] > 0 and result['time_ms'] > 0
+    assert bm.group_key(case).endswith(' compiled')
+    with pytest.raises(ValueError, match='infer mode'):
+        bm.model_cases(TOY, ['official'], [(64, 64)], modes=['train'], compiled=(True,))
+    with pytest.raises(ValueError, match='separate runs'):
+        bm.model_cases(TOY, ['official'], [(64, 64)], graphed=(True,), compiled=(True,))
+    both = bm.model_cases(TOY, ['official'], [(64, 64)], compiled=(False, True))
+    assert [c['compile'] for c in both] == [False, True]
+    with pytest.raises(SystemExit, match='applies to whole models'):
+        load_tool('analysis/benchmark').main(['--compile'])
+
+
 def test_benchmark_channels_last_model_case(tmp_path):
     """Channels-last model cases store the weights channels-last, form their own ratio group
     and refuse training."""
@@ -303,8 +329,8 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
     skipped = [ln for ln in proc.stdout.splitlines() if ln.endswith('SKIPPED (suite budget '
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
-    assert names == ['dynamics', 'issue5', 'fused', 'tf32_convs', 'channels_last',
-                     'train_tridiagonal', 'conv', 'profile', 'profile_fused']
+    assert names == ['dynamics', 'issue5', 'fused', 'compiled', 'tf32_convs', 'profile',
+                     'profile_fused', 'channels_last', 'conv']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log']
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
 

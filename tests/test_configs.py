@@ -258,3 +258,33 @@ def test_channels_last_keeps_the_function(paths):
     with torch.no_grad():
         got = model(images, mode='tensor')
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_hook_compiles_the_inference():
+    """``CompileHook`` routes mmseg's ``predict`` through the compiled ``encode_decode`` (a graph
+    is compiled at the first batch) and keeps the logits up to float rounding."""
+    import torch._dynamo
+    from mmseg.structures import SegDataSample
+    from torch._dynamo.utils import counters
+
+    from mmlrf.hooks import CompileHook, compile_segmentor
+
+    torch._dynamo.reset()
+    model = MODELS.build(_load(osp.join(ROOT, 'configs', 'toy',
+                                        'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')).model)
+    model.eval()
+    _randomise_batchnorms(model)
+    images = torch.rand(1, 3, 32, 32)
+    meta = dict(img_shape=(32, 32), ori_shape=(32, 32), pad_shape=(32, 32))
+    with torch.no_grad():
+        expect = model.predict(images, [SegDataSample(metainfo=meta)])[0].seg_logits.data
+    runner = type('Runner', (), dict(model=model))()
+    CompileHook().before_test(runner)
+    graphs = counters['stats']['unique_graphs']
+    with torch.no_grad():
+        got = model.predict(images, [SegDataSample(metainfo=meta)])[0].seg_logits.data
+    assert counters['stats']['unique_graphs'] > graphs
+    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match='encode_decode'):
+        compile_segmentor(torch.nn.Linear(2, 2))

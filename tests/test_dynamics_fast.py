@@ -117,6 +117,26 @@ def test_auto_uses_scan_on_cpu_and_mode_is_switchable():
     assert rel_err(y_auto, module(x)) < 1e-5
 
 
+def test_torch_compile_traces_the_dynamics_whole():
+    """Inference under ``torch.compile``: one graph (the parameter cache and the Triton check do
+    not break it) and the eager output, bidirectional, in snake order."""
+    import torch._dynamo
+    from mmlrf.attention.dynamics_triton import triton_available
+    torch._dynamo.reset()
+    module = make(mode='scan', bidirectional=True, order='snake', chunk_size=8).eval()
+    x = torch.randn(2, 3, 5, 7)
+    with torch.no_grad():
+        y_ref = module(x)
+        explained = torch._dynamo.explain(module)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        y = torch.compile(module)(x)
+    assert rel_err(y, y_ref) < 1e-6
+    # resolving 'auto' asks triton_available(): a constant for the compiler, not a break
+    probe = torch.compile(lambda t: t + 1 if triton_available() else t - 1, fullgraph=True,
+                          backend='eager')
+    assert torch.equal(probe(x), x + 1 if triton_available() else x - 1)
+
+
 @pytest.mark.parametrize('mode', CPU_FAST + ('fft',))
 def test_bfloat16_input_cpu(mode):
     module = make(mode=mode, bidirectional=True)

@@ -44,17 +44,19 @@ def test_train_test_demo(tmp_path):
     shown = os.listdir(tmp_path / 'shown' / 'vis_data' / 'vis_image')
     assert len(shown) == 3  # one painted prediction per validation image
     fused_log = _run(osp.join(ROOT, 'tools', 'test.py'), TOY_CONFIG, str(ckpt), '--work-dir',
-                     'work_fused', '--fuse-conv-bn', '--channels-last', *opts[:2], cwd=tmp_path)
+                     'work_fused', '--fuse-conv-bn', '--channels-last', '--compile', *opts[:2],
+                     cwd=tmp_path)
     folded = re.search(r'FuseConvBNHook: folded (\d+) of (\d+) BatchNorm', fused_log)
     assert folded and folded.group(1) == folded.group(2) != '0', fused_log[-2000:]
     # the layout change runs after the fold (its hook priority is lower)
     converted = re.search(r'ChannelsLastHook: (\d+) 4-D weights', fused_log)
     assert converted and int(converted.group(1)) > 0 and converted.start() > folded.start()
+    assert 'CompileHook: encode_decode compiled' in fused_log
     assert _miou(fused_log) == pytest.approx(_miou(train_log), abs=1.0)  # float rounding only
     image = osp.join(data, 'images', 'validation', 'toy_00000.png')
     out = tmp_path / 'overlay.png'
     _run(osp.join(ROOT, 'tools', 'demo.py'), image, TOY_CONFIG, str(ckpt), '--out', str(out),
-         '--opacity', '0.6', '--channels-last', cwd=tmp_path)
+         '--opacity', '0.6', '--channels-last', '--compile', cwd=tmp_path)
     overlay = cv2.imread(str(out))
     assert overlay is not None and overlay.shape == (32, 32, 3)
     assert (overlay != cv2.imread(image)).any()  # the segmentation is painted on

@@ -3,7 +3,7 @@
 Usage::
 
     python tools/demo.py IMAGE CONFIG CHECKPOINT --out overlay.png [--device cpu] [--opacity 0.5]
-        [--fuse-conv-bn] [--channels-last]
+        [--fuse-conv-bn] [--channels-last] [--compile]
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import mmcv
 from mmseg.apis import inference_model, init_model
 from mmseg.visualization import SegLocalVisualizer
 
-from mmlrf.hooks import fold_batchnorms, to_channels_last
+from mmlrf.hooks import compile_segmentor, fold_batchnorms, to_channels_last
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--channels-last', action='store_true',
                         help='store the conv weights channels-last (lower CPU memory; may '
                         'differ by float rounding)')
+    parser.add_argument('--compile', action='store_true',
+                        help='run the inference under torch.compile (compiling takes longer '
+                        'than one image; may differ by float rounding)')
     return parser.parse_args(argv)
 
 
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> str:
         fold_batchnorms(model)
     if args.channels_last:
         to_channels_last(model)
+    if args.compile:
+        compile_segmentor(model)
     result = inference_model(model, args.img)
     visualizer = SegLocalVisualizer(alpha=args.opacity)
     visualizer.dataset_meta = model.dataset_meta

@@ -3,7 +3,8 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
-        [--fuse-conv-bn] [--channels-last] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--fuse-conv-bn] [--channels-last] [--compile] [--cfg-options KEY=VALUE ...]
+        [--launcher {none,pytorch,slurm,mpi}]
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--channels-last', action='store_true',
                         help='store the conv weights channels-last before testing (lower CPU '
                         'inference memory; may differ by float rounding)')
+    parser.add_argument('--compile', action='store_true',
+                        help='run inference under torch.compile (compiles at the first batch '
+                        'of each input shape; then faster, less memory; may differ by float '
+                        'rounding)')
     return parse_common_args(parser, argv)
 
 
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='FuseConvBNHook')]
     if args.channels_last:
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ChannelsLastHook')]
+    if args.compile:
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='CompileHook')]
     if args.out:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True

@@ -14,8 +14,9 @@ Dynamics cases (the dendritic operator alone, ``variant`` ``'dynamics:<mode>'``,
 ``extra_over_output`` (peak minus the output tensor, over the output tensor).
 Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict), ``attn_key``
 (dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``),
-``fuse_conv_bn``, ``cuda_graph``, ``channels_last`` and ``conv_routes`` (default True; False
-runs every convolution through oneDNN, :func:`mmlrf.conv.cpu_routes`).
+``fuse_conv_bn``, ``cuda_graph``, ``channels_last``, ``compile`` (``torch.compile`` the
+inference forward; reported with ``compile_s``, the first call) and ``conv_routes`` (default
+True; False runs every convolution through oneDNN, :func:`mmlrf.conv.cpu_routes`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Callable
 
@@ -381,6 +383,15 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
         info['saved_for_backward_mib'] = meter.bytes / MIB
     for hd in handles:
         hd.remove()
+    if case.get('compile'):
+        compiled = torch.compile(lambda: model(images, mode='tensor'))
+
+        def infer() -> Tensor:
+            with torch.no_grad(), autocast:
+                return compiled()
+        start = time.perf_counter()
+        infer()
+        info['compile_s'] = time.perf_counter() - start
     if case.get('cuda_graph'):
         infer, info['graph_pool_mib'] = _graphed(infer, device)
     if attn_terms:
@@ -590,6 +601,8 @@ def group_key(result: dict) -> str:
             shape += ' channels-last'
         if result.get('cuda_graph'):
             shape += ' cuda-graph'
+        if result.get('compile'):
+            shape += ' compiled'
         if not result.get('conv_routes', True):
             shape += ' oneDNN-convs'
 
@@ -667,27 +680,33 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
                 attn_key: str = 'model.backbone.attn', fused: Sequence[bool] = (False,),
                 graphed: Sequence[bool] = (False,),
                 channels_last: Sequence[bool] = (False,),
-                conv_routes: Sequence[bool] = (True,)) -> list[dict]:
+                conv_routes: Sequence[bool] = (True,),
+                compiled: Sequence[bool] = (False,)) -> list[dict]:
     """The cross product of the whole-model sweep. ``fused`` lists the BN settings (True: fold
     every BN into its conv before measuring), ``graphed`` the launch settings (True: replay
     the forward as one CUDA graph, :class:`mmlrf.cuda_graph.GraphedForward`) and
-    ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`), e.g.
+    ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`) and
+    ``compiled`` the execution (True: ``torch.compile`` of the forward, default mode), e.g.
     ``(False, True)`` for both; True applies to inference only. ``conv_routes`` lists the
     convolution settings (False: every conv through oneDNN, :func:`mmlrf.conv.cpu_routes`;
     any mode).
 
     Raises:
-        ValueError: for a fused, graphed or channels-last setting with a 'train' mode.
+        ValueError: for a fused, graphed, channels-last or compiled setting with a 'train'
+            mode, or graphed and compiled settings together.
     """
-    if (any(fused) or any(graphed) or any(channels_last)) and 'train' in modes:
-        raise ValueError('fused, graphed and channels-last cases measure inference: they apply '
-                         f'to the infer mode only, got modes={list(modes)}')
+    if (any(fused) or any(graphed) or any(channels_last) or any(compiled)) and 'train' in modes:
+        raise ValueError('fused, graphed, channels-last and compiled cases measure inference: '
+                         f'they apply to the infer mode only, got modes={list(modes)}')
+    if any(graphed) and any(compiled):
+        raise ValueError('graphed and compiled cases are separate settings: measure them in '
+                         'separate runs')
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
                  attn_key=attn_key, fuse_conv_bn=fuse, cuda_graph=graph, channels_last=last,
-                 conv_routes=routes)
+                 conv_routes=routes, compile=comp)
             for fuse in fused for graph in graphed for last in channels_last
-            for routes in conv_routes
+            for routes in conv_routes for comp in compiled
             for mode in modes for dtype in dtypes
             for res in resolutions for b in batches
             for v in variants]

@@ -338,7 +338,11 @@ class DendriticDynamics(BaseModule):
 
     def _cached(self, name: str, compute):
         """``compute()``, memoised while autograd is disabled until a parameter changes (new
-        storage, dtype or an in-place update, tracked by the tensors' version counters)."""
+        storage, dtype or an in-place update, tracked by the tensors' version counters).
+        Under ``torch.compile`` it is traced into the graph instead (the cache key's data
+        pointers would break the graph)."""
+        if torch.compiler.is_compiling():
+            return compute()
         if torch.is_grad_enabled():
             self._cache.pop(name, None)
             return compute()

@@ -38,13 +38,18 @@ CHUNK_MAX = 64  # lags of the kernel head, ≥ every CHUNK in the scan_triton co
 
 
 @functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
-    """True when Triton imports and a CUDA device is present."""
+def _triton_imports() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
         return False
-    return torch.cuda.is_available()
+    return True
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: evaluated once, no graph break
+def triton_available() -> bool:
+    """True when Triton imports and a CUDA device is present."""
+    return _triton_imports() and torch.cuda.is_available()
 
 
 def modes_padded(num_modes: int) -> int:
@@ -225,6 +230,7 @@ class _TritonDynamics(torch.autograd.Function):
         return grad_u, grad_log_a, grad_w, grad_d, None, None
 
 
+@torch.compiler.disable  # opaque to torch.compile: the kernels run as they are (a graph break)
 def triton_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, reverse: bool = False,
                 kern: Tensor | None = None) -> Tensor:
     """Dendritic dynamics on CUDA with the fused Triton kernels (differentiable).

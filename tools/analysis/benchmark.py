@@ -22,6 +22,9 @@ Examples::
     # ... with the weights stored channels-last (lower CPU inference memory), in the same run
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --channels-last
+    # ... and under torch.compile (elementwise chains fused; compilation reported apart)
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 1024x2048 --compile
     # mmlrf's CPU conv routes against plain oneDNN convolutions, timed together
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train \
@@ -86,6 +89,10 @@ def parse_args(argv=None):
     p.add_argument('--channels-last', action='store_true',
                    help='--config inference: also measure every case with the weights stored '
                         'channels-last (mmlrf.hooks.to_channels_last), in the same run')
+    p.add_argument('--compile', action='store_true',
+                   help='--config: also measure every inference case under torch.compile '
+                        '(default mode; the first call, compilation, is reported as '
+                        'compile_s), in the same run')
     p.add_argument('--onednn-convs', action='store_true',
                    help='--config: also measure every case with all convolutions through oneDNN '
                         "(mmlrf's CPU conv routes off, mmlrf.conv.cpu_routes), in the same run; "
@@ -110,7 +117,7 @@ def main(argv=None):
         sys.exit('error: --preset and --config are exclusive (a preset picks its model by '
                  '--model-config)')
     for flag, on in (('--fuse-conv-bn', args.fuse_conv_bn), ('--cuda-graph', args.cuda_graph),
-                     ('--channels-last', args.channels_last),
+                     ('--channels-last', args.channels_last), ('--compile', args.compile),
                      ('--onednn-convs', args.onednn_convs)):
         if on and not args.config:
             sys.exit(f'error: {flag} applies to whole models given by --config')
@@ -129,7 +136,8 @@ def main(argv=None):
                                    (False, True) if args.fuse_conv_bn else (False,),
                                    (False, True) if args.cuda_graph else (False,),
                                    (False, True) if args.channels_last else (False,),
-                                   (True, False) if args.onednn_convs else (True,))
+                                   (True, False) if args.onednn_convs else (True,),
+                                   (False, True) if args.compile else (False,))
         except ValueError as err:
             sys.exit(f'error: {err}')
     else:

@@ -13,16 +13,16 @@
 # pyyaml, but no OpenMMLab: mmcv imports cv2 at import time, so mmseg (and therefore mmlrf) need
 # opencv, which the image has; the rest (mmengine, mmcv-lite, mmsegmentation, mmpretrain and
 # their small pure-Python deps) travels in .gpu_site (about 27 MB, ignored by git).
-# Writes to $OUT: dynamics.json (operator alone, parameter path per parameterisation),
-# issue5.{json,png} (the preset: operators, 1x1024x2048 inference, 8x512x512 training step),
-# fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs, eager / one CUDA
-# graph; the graph's memory is its capture peak, graph_pool_mib), channels_last.{json,png}
-# (the same inference with the weights stored channels-last, BNs kept / folded),
-# tf32_convs.{json,png} (the fused / graph inference again at PyTorch's default precision: TF32
-# in cuDNN convolutions, fp32 matrix products; the issue's official numbers do not say which),
-# train_tridiagonal.{json,png} (the training step with the re-diagonalised tridiagonal M),
-# profile{,_fused}.json (where the LRF-Dyn model's inference time goes), conv.json (cuDNN
-# against mmlrf's CPU conv routes, 1x1 as matrix products, on this GPU), suite.log.
+# Writes to $OUT, in this order: dynamics.json (operator alone, parameter path per
+# parameterisation), issue5.{json,png} (the preset: operators, 1x1024x2048 inference, 8x512x512
+# training step), fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs,
+# eager / one CUDA graph; the graph's memory is its capture peak, graph_pool_mib),
+# compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile; compile_s is the
+# compilation), tf32_convs.{json,png} (the fused inference at PyTorch's default precision:
+# TF32 in cuDNN convolutions, fp32 matrix products; the issue's official numbers do not say
+# which), profile{,_fused}.json (where LRF-Dyn's inference time goes), channels_last.{json,png}
+# (the weights stored channels-last, BNs kept / folded), conv.json (cuDNN against mmlrf's CPU
+# conv routes, 1x1 as matrix products, on this GPU), suite.log.
 # TF32 is off (fp32 parity) except in tf32_convs; bf16 rows use autocast (models) / bf16
 # tensors (ops).
 set -uo pipefail
@@ -56,12 +56,12 @@ MODEL=configs/_base_/models/fpn_sdtv3.py
 if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
-    LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=2 DEVICE=cpu GRAPH=()
+    LIMIT=600 SMOKE=1 RES_FAST=64x128 DEVICE=cpu GRAPH=()
     CONV_REPEATS=1
     MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
-    LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
+    LIMIT=95 SMOKE='' RES_FAST=1024x2048 DEVICE=cuda
     GRAPH=(--cuda-graph) CONV_REPEATS=5
 fi
 BUDGET=${SUITE_BUDGET:-$([[ -n "${SMOKE}" ]] && echo 3600 || echo 540)}
@@ -100,23 +100,15 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     step fused $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
         --fuse-conv-bn "${GRAPH[@]}" --out "$OUT/fused"
-    # the same at PyTorch's default GPU precision: TF32 in cuDNN convolutions only
-    step tf32_convs $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
+    # LRF-Dyn under torch.compile (inductor can fuse the eval BNs, neurons and residual adds
+    # into single elementwise kernels), its eager twin in the same run
+    step compiled $((LIMIT * 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" --compile \
+        --out "$OUT/compiled"
+    # PyTorch's default GPU precision: TF32 in cuDNN convolutions only
+    step tf32_convs $((LIMIT / 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
-        --fuse-conv-bn "${GRAPH[@]}" --tf32 convs --out "$OUT/tf32_convs"
-    # the weights stored channels-last (tools/test.py --channels-last; on the CPU it lowers
-    # the inference peak by a quarter), BNs kept / folded, eager
-    step channels_last $((LIMIT / 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
-        --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
-        --fuse-conv-bn --channels-last --out "$OUT/channels_last"
-    # the training step once more with the learnable tridiagonal M (eigh every step)
-    step train_tridiagonal $((LIMIT / 3)) $PY tools/analysis/benchmark.py --config "$MODEL" \
-        --variants official lrf_dyn lrf_dyn_tridiagonal --resolution ${RES_TRAIN} \
-        --batch ${BATCH_TRAIN} --modes train "${ARGS[@]}" --out "$OUT/train_tridiagonal"
-    # would the CPU conv routes (1x1 as matrix products, depth-wise backward as forward convs)
-    # beat cuDNN here? The models take them on the CPU only.
-    step conv 60 $PY tools/analysis/bench_conv.py --device ${DEVICE} --repeats ${CONV_REPEATS} \
-        --out "$OUT/conv.json" | grep -v Warning
+        --fuse-conv-bn --tf32 convs --out "$OUT/tf32_convs"
     # where the inference time goes (per leaf-module type and operator), unfused and fused
     for fused in "" "--fuse-conv-bn"; do
         step profile${fused:+_fused} $((LIMIT / 3)) \
@@ -124,5 +116,14 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
             --resolution ${RES_FAST} --device ${DEVICE} --iterations 3 --warmup 2 ${fused} \
             --out "$OUT/profile${fused:+_fused}" | grep -v Warning
     done
+    # the weights stored channels-last (tools/test.py --channels-last; on the CPU it lowers
+    # the inference peak by a quarter), BNs kept / folded, eager
+    step channels_last $((LIMIT / 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
+        --fuse-conv-bn --channels-last --out "$OUT/channels_last"
+    # would the CPU conv routes (1x1 as matrix products, depth-wise backward as forward convs)
+    # beat cuDNN here? The models take them on the CPU only.
+    step conv 60 $PY tools/analysis/bench_conv.py --device ${DEVICE} --repeats ${CONV_REPEATS} \
+        --out "$OUT/conv.json" | grep -v Warning
     date -u
 } 2>&1 | tee "$LOG"
