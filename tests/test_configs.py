@@ -288,3 +288,20 @@ def test_compile_hook_compiles_the_inference():
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match='encode_decode'):
         compile_segmentor(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
+def test_inference_traces_into_one_graph(paths):
+    """``torch.compile`` captures every model family's inference whole (``fullgraph=True``
+    raises at a graph break) and the captured program (Dynamo's eager backend) gives the eager
+    logits."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = MODELS.build(shrink_model(_load(paths[0]).model)).eval()
+    images = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expect = model(images, mode='tensor')
+        got = torch.compile(lambda x: model(x, mode='tensor'), backend='eager',
+                            fullgraph=True)(images)
+    assert torch.equal(got, expect)
