@@ -101,18 +101,12 @@ def test_groups_cover_every_config():
 @pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
 def test_forward_backward(paths):
     """Each config builds its (reduced-width) model; one forward/backward per model group."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
+    from mmlrf.analysis.loading import random_seg_samples
 
     models = [MODELS.build(shrink_model(_load(p).model)) for p in paths]
     model = models[0].train()
     size = SIZE
-    samples = []
-    for _ in range(2):
-        sample = SegDataSample(metainfo=dict(img_shape=(size, size), pad_shape=(size, size),
-                                             ori_shape=(size, size)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 5, (1, size, size)))
-        samples.append(sample)
+    samples = random_seg_samples(2, (size, size), 5)
     data = model.data_preprocessor(
         dict(inputs=list(torch.rand(2, 3, size, size) * 255), data_samples=samples), True)
     losses = model(**data, mode='loss')

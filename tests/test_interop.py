@@ -17,14 +17,13 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.optim import OptimWrapper
-from mmengine.structures import PixelData
+from mmlrf.analysis.loading import random_seg_samples
 from mmlrf.backbones import SDTV3
 from mmlrf.interop import CheckpointMismatchError, StrictPretrainedMixin, load_pretrained
 from mmpretrain.registry import DATASETS as CLS_DATASETS
 from mmpretrain.registry import MODELS as CLS_MODELS
 from mmpretrain.structures import DataSample
 from mmseg.registry import MODELS as SEG_MODELS
-from mmseg.structures import SegDataSample
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENET_CONFIGS = sorted((ROOT / 'configs' / 'imagenet').glob('*_in1k.py'))
@@ -197,12 +196,7 @@ def test_imagenet_pipelines_run_and_torchvision_uses_fail_clearly(tmp_path):
 # --------------------------------------------------------------------------- mmseg heads/necks
 def _seg_batch(n: int = 2, size: int = 16, num_classes: int = 3) -> dict:
     g = torch.Generator().manual_seed(0)
-    samples = []
-    for _ in range(n):
-        s = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size),
-                                        pad_shape=(size, size)))
-        s.gt_sem_seg = PixelData(data=torch.randint(0, num_classes, (1, size, size), generator=g))
-        samples.append(s)
+    samples = random_seg_samples(n, (size, size), num_classes, gen=g)
     return dict(inputs=[torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8)
                         for _ in range(n)], data_samples=samples)
 

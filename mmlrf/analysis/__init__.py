@@ -12,7 +12,8 @@ Submodules (imported on demand, so ``import mmlrf`` stays light):
   module that saved them.
 * :mod:`~mmlrf.analysis.conv_bench`: convolutions, torch's kernels vs mmlrf's 1×1 and
   depth-wise routes.
-* :mod:`~mmlrf.analysis.loading`: build a segmentor from a config and get input batches.
+* :mod:`~mmlrf.analysis.loading`: build a segmentor from a config, get input batches and
+  random segmentation targets.
 * :mod:`~mmlrf.analysis.model_args`: the config / variant / input arguments of the model tools.
 * :mod:`~mmlrf.analysis.plotting`: matplotlib (Agg) helpers.
 """

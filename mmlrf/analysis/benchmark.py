@@ -320,23 +320,6 @@ def _graphed(infer: Callable[[], Tensor], device: torch.device) -> tuple[Callabl
     return (lambda: graphed(graphed.static_input)), pool_mib
 
 
-def random_seg_samples(batch: int, hw: tuple[int, int], num_classes: int,
-                       device: torch.device, gen: torch.Generator) -> list:
-    """``batch`` mmseg ``SegDataSample`` s with uniform random labels ``[1, H, W]`` in
-    ``[0, num_classes)`` (the training cases' targets)."""
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    h, w = hw
-    samples = []
-    for _ in range(batch):
-        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
-                                             ori_shape=(h, w)))
-        sample.gt_sem_seg = PixelData(
-            data=torch.randint(0, num_classes, (1, h, w), generator=gen).to(device))
-        samples.append(sample)
-    return samples
-
-
 def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], dict]:
     from ..attention import TokenMixer
     model, cfg, folded = build_variant_model(
@@ -371,6 +354,7 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
                 return model(images, mode='tensor')
         infer()
     else:
+        from .loading import random_seg_samples
         samples = random_seg_samples(b, (h, w), cfg.model.decode_head.num_classes, device, gen)
         meter = SavedTensorMeter()
 

@@ -1,4 +1,5 @@
-"""Build a segmentor from a config (+ checkpoint) and get input batches for the analysis tools."""
+"""Build a segmentor from a config (+ checkpoint), get input batches and random segmentation
+targets for the analysis tools."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -86,3 +87,22 @@ def image_batches(model: nn.Module, cfg, num_images: int, batch_size: int = 1,
             seen += x.shape[0]
             yield x
     return batches(), source
+
+
+def random_seg_samples(batch: int, hw: tuple[int, int], num_classes: int,
+                       device: str | torch.device = 'cpu',
+                       gen: torch.Generator | None = None) -> list:
+    """``batch`` mmseg ``SegDataSample`` s with uniform random labels ``[1, H, W]`` in
+    ``[0, num_classes)``, drawn in order with ``gen`` (training targets for benchmarks and
+    tests)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    h, w = hw
+    samples = []
+    for _ in range(batch):
+        sample = SegDataSample(metainfo=dict(img_shape=(h, w), pad_shape=(h, w),
+                                             ori_shape=(h, w)))
+        sample.gt_sem_seg = PixelData(
+            data=torch.randint(0, num_classes, (1, h, w), generator=gen).to(device))
+        samples.append(sample)
+    return samples

@@ -22,6 +22,7 @@ import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility l
 import torch
 
 from mmlrf.analysis import benchmark as bm
+from mmlrf.analysis.loading import random_seg_samples
 from mmlrf.analysis.model_args import add_model_args, check_model_args
 from mmlrf.analysis.saved_tensors import SavedTensorMeter
 
@@ -43,8 +44,8 @@ def measure_variant(args, variant, hw: tuple[int, int], device: torch.device) ->
     model.train()
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, *hw, generator=gen).to(device)
-    samples = bm.random_seg_samples(args.batch, hw, cfg.model.decode_head.num_classes, device,
-                                    gen)
+    samples = random_seg_samples(args.batch, hw, cfg.model.decode_head.num_classes, device,
+                                 gen)
     with SavedTensorMeter(model.parameters(), model, args.depth) as meter:
         model.parse_losses(model.loss(images, samples))
     return dict(variant=variant, **meter.summary(args.top))
