@@ -211,9 +211,10 @@ def test_benchmark_fused_model_case(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_compiled_model_case():
+def test_benchmark_compiled_model_case(monkeypatch):
     """The toy LRF-Dyn segmentor compiles to the eager logits; a compiled case runs, reports
-    its compilation time, forms its own ratio group; training and CUDA graphs are refused."""
+    its compilation time, forms its own ratio group; a compiled training case runs (backend
+    ``aot_eager`` here, to keep the test short); CUDA graphs are refused."""
     import torch._dynamo
     torch._dynamo.reset()
     model, _, _ = bm.build_variant_model(TOY, 'lrf_dyn')
@@ -226,8 +227,18 @@ def test_benchmark_compiled_model_case():
     result = bm.run_case(case, warmup=0, repeats=1)
     assert 'error' not in result and result['compile_s'] > 0 and result['time_ms'] > 0
     assert bm.group_key(case).endswith(' compiled')
-    with pytest.raises(ValueError, match='infer mode'):
-        bm.model_cases(TOY, ['official'], [(64, 64)], modes=['train'], compiled=(True,))
+    (train_case,) = bm.model_cases(TOY, ['lrf_dyn'], [(32, 32)], modes=['train'],
+                                   compiled=(True,))
+    compiled = []
+
+    def compile_eager(fn, **kwargs):
+        compiled.append(fn)
+        return torch_compile(fn, backend='eager', **kwargs)
+    torch_compile = torch.compile
+    monkeypatch.setattr(torch, 'compile', compile_eager)
+    result = bm.run_case(train_case, warmup=0, repeats=1)
+    assert 'error' not in result and len(compiled) == 1
+    assert result['compile_s'] > 0 and result['saved_for_backward_mib'] > 0
     with pytest.raises(ValueError, match='separate runs'):
         bm.model_cases(TOY, ['official'], [(64, 64)], graphed=(True,), compiled=(True,))
     both = bm.model_cases(TOY, ['official'], [(64, 64)], compiled=(False, True))
@@ -330,7 +341,7 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
     assert names == ['dynamics', 'issue5', 'fused', 'compiled', 'tf32_convs', 'profile',
-                     'profile_fused', 'channels_last', 'conv']
+                     'profile_fused', 'channels_last', 'conv', 'compiled_train']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log']
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
 

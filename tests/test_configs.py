@@ -282,6 +282,10 @@ def test_compile_hook_compiles_the_inference():
     torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
     with pytest.raises(TypeError, match='encode_decode'):
         compile_segmentor(torch.nn.Linear(2, 2))
+    inference_only = torch.nn.Linear(2, 2)
+    inference_only.encode_decode = inference_only.forward
+    with pytest.raises(TypeError, match='no loss method'):
+        compile_segmentor(inference_only, train=True)
 
 
 @pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
@@ -299,3 +303,40 @@ def test_inference_traces_into_one_graph(paths):
         got = torch.compile(lambda x: model(x, mode='tensor'), backend='eager',
                             fullgraph=True)(images)
     assert torch.equal(got, expect)
+
+
+# one model group per backbone family with LRF-Dyn: every custom autograd function of mmlrf
+# (spike codes, spike convs, LIF surrogates, the chunked scan) is on one of these paths
+TRAIN_COMPILE_GROUPS = [g for g in MODEL_GROUPS if any(
+    key in g[0] for key in ('fpn_sdtv3-tiny-lrfdyn', 'spikformer-8-512-lrfdyn',
+                            'qkformer-10-384-lrfdyn'))]
+
+
+@pytest.mark.parametrize('paths', TRAIN_COMPILE_GROUPS, ids=lambda g: _rel(g[0]))
+def test_training_traces_into_one_graph(paths):
+    """Training under ``torch.compile``: the forward and its backward trace whole
+    (``fullgraph=True``; AOTAutograd without a code generator) and give the eager loss and
+    gradients (up to float summation order in the traced backward)."""
+    import torch._dynamo
+
+    assert len(TRAIN_COMPILE_GROUPS) == 3
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = MODELS.build(shrink_model(_load(paths[0]).model)).train()
+    images = torch.rand(2, 3, SIZE, SIZE)
+
+    def loss(x):
+        return model(x, mode='tensor').square().mean()
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        value = fn(images)
+        value.backward()
+        return value.detach(), [p.grad for p in model.parameters()]
+    expect, expect_grads = loss_and_grads(loss)
+    got, got_grads = loss_and_grads(torch.compile(loss, backend='aot_eager', fullgraph=True))
+    assert torch.equal(got, expect)
+    scale = max(g.abs().max() for g in expect_grads)
+    for a, b in zip(got_grads, expect_grads):
+        assert (a - b).abs().max() <= 1e-5 * scale
+

@@ -108,6 +108,28 @@ def test_chunked_scan_keeps_only_its_inputs_for_backward():
     assert all(t.grad is not None for t in (u, log_a, w, d))
 
 
+def test_chunked_scan_trains_under_torch_compile():
+    """Training under ``torch.compile``: the scan traces whole (its custom backward, which calls
+    ``torch.autograd.grad``, is replaced by autograd through the chunk products) and gives the
+    eager output and gradients, with a padded last chunk."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch.manual_seed(4)
+    u = torch.randn(2, 6, 50)
+    log_a, w, d = -torch.rand(6, 4), torch.randn(6, 4), torch.randn(6)
+    g = torch.randn(2, 6, 50)
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (u, log_a, w, d)]
+        y = fn(*leaves, 16)
+        y.backward(g)
+        return [y.detach()] + [t.grad for t in leaves]
+    expect = grads(chunked_scan)
+    got = grads(torch.compile(chunked_scan, backend='aot_eager', fullgraph=True))
+    for a, b in zip(got, expect):
+        assert rel_err(a, b) < 1e-6
+
+
 def test_auto_uses_scan_on_cpu_and_mode_is_switchable():
     module = make(mode='auto')
     x = torch.randn(1, 3, 5, 6)

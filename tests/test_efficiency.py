@@ -108,6 +108,50 @@ def test_spike_conv_equals_conv_of_spikes(conv):
     assert meter.bytes == n                  # one shared uint8 code
 
 
+def test_spike_conv_trains_under_torch_compile():
+    """Under ``torch.compile`` the neuron → conv pair traces whole (no walk of autograd's graph;
+    the partitioner chooses what backward keeps) with the eager output and gradients."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    conv, neuron = RoutedConv2d(6, 6, 3, padding=2, dilation=2, groups=6), MultiSpike()
+    x = torch.randn(2, 6, 9, 9) * 3
+
+    def run(fn):
+        xg = x.clone().requires_grad_()
+        conv.zero_grad(set_to_none=True)
+        y = fn(xg)
+        y.backward(torch.ones_like(y))
+        return [y.detach(), xg.grad, conv.weight.grad, conv.bias.grad]
+    expect = run(lambda t: spike_conv2d(conv, neuron(t)))
+    got = run(torch.compile(lambda t: spike_conv2d(conv, neuron(t)), backend='aot_eager',
+                            fullgraph=True))
+    assert torch.equal(got[0], expect[0]) and torch.equal(got[1], expect[1])
+    for a, b in zip(got[2:], expect[2:]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_multispike_under_torch_compile_decodes_its_code():
+    """Under ``torch.compile`` the neuron's spikes are decoded from its code: the eager values
+    (halves round to even, clamping) and gradients; a NaN input gives 0 there (documented)."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    neuron = MultiSpike(max_value=4, norm=3)
+    x = torch.tensor([-1.0, 0.0, 0.5, 1.5, 2.5, 3.49, 4.0, 4.5, 9.0, 0.3])
+
+    def run(fn, t):
+        t = t.clone().requires_grad_()
+        y = fn(t)
+        y.backward(torch.arange(1.0, 1.0 + len(t)))
+        return y.detach(), t.grad
+    compiled = torch.compile(neuron, backend='aot_eager', fullgraph=True)
+    for got, expect in zip(run(compiled, x), run(neuron, x)):
+        assert torch.equal(got, expect)
+    nan = torch.tensor([float('nan'), 2.0])
+    assert torch.isnan(neuron(nan.clone().requires_grad_())[0])
+    assert torch.equal(compiled(nan.clone().requires_grad_()), torch.tensor([0.0, 2.0]) / 3)
+
+
 def test_spike_conv_falls_back_with_hooks_and_shared_code_for_many_convs():
     convs = [nn.Conv2d(4, 4, 1) for _ in range(3)]
     x = torch.randn(1, 1, 4, 5, 5, requires_grad=True) * 3

@@ -16,7 +16,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import mmlrf  # noqa: E402,F401  (must precede mmseg)
 from mmengine.config import Config  # noqa: E402
-from train import build_runner, load_config, parse_common_args  # noqa: E402
+from train import add_custom_hook, build_runner, load_config, parse_common_args  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,12 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)
-    if args.fuse_conv_bn:
-        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='FuseConvBNHook')]
-    if args.channels_last:
-        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ChannelsLastHook')]
-    if args.compile:
-        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='CompileHook')]
+    for flag, hook_type in ((args.fuse_conv_bn, 'FuseConvBNHook'),
+                            (args.channels_last, 'ChannelsLastHook'),
+                            (args.compile, 'CompileHook')):
+        if flag:
+            add_custom_hook(cfg, hook_type)
     if args.out:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True

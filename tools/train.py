@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp] [--compile]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 """
 from __future__ import annotations
@@ -28,6 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='resume from the latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='automatic mixed precision (AmpOptimWrapper)')
+    parser.add_argument('--compile', action='store_true',
+                        help='run the training forward (with its backward) and the validation '
+                        'under torch.compile (CompileHook; compiles at the first batch; on the '
+                        'CPU slower and more memory than eager, see docs/benchmarks.md)')
     return parse_common_args(parser, argv)
 
 
@@ -105,6 +109,11 @@ def check_pretrained(cfg: Any, key: str = 'model') -> None:
             check_pretrained(value, f'{key}[{i}]')
 
 
+def add_custom_hook(cfg: Config, hook_type: str) -> None:
+    """Append ``dict(type=hook_type)`` to ``cfg.custom_hooks``."""
+    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type=hook_type)]
+
+
 def enable_amp(cfg: Config) -> None:
     """Switch the optimiser wrapper to ``AmpOptimWrapper`` (dynamic loss scale)."""
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
@@ -126,6 +135,8 @@ def main(argv: list[str] | None = None) -> Runner:
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     if args.amp:
         enable_amp(cfg)
+    if args.compile:
+        add_custom_hook(cfg, 'CompileHook')
     cfg.resume = args.resume
     check_pretrained(cfg.model)
     runner = build_runner(cfg)

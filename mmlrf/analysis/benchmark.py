@@ -15,13 +15,15 @@ Dynamics cases (the dendritic operator alone, ``variant`` ``'dynamics:<mode>'``,
 Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict), ``attn_key``
 (dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``),
 ``fuse_conv_bn``, ``cuda_graph``, ``channels_last``, ``compile`` (``torch.compile`` the
-inference forward; reported with ``compile_s``, the first call) and ``conv_routes`` (default
+inference forward, or in training the forward and the loss, whose backward AOTAutograd
+compiles with it; reported with ``compile_s``, the first call) and ``conv_routes`` (default
 True; False runs every convolution through oneDNN, :func:`mmlrf.conv.cpu_routes`).
 """
 from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import math
 import os
@@ -349,41 +351,50 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
                                cache_enabled=not case.get('cuda_graph'))
                 if dtype != torch.float32 else torch.autocast(device.type, enabled=False))
     if not train:
-        def infer() -> Tensor:
+        def run() -> Tensor:
             with torch.no_grad(), autocast:
                 return model(images, mode='tensor')
-        infer()
     else:
         from .loading import random_seg_samples
         samples = random_seg_samples(b, (h, w), cfg.model.decode_head.num_classes, device, gen)
-        meter = SavedTensorMeter()
+        saved_bytes = [0]  # of the last step run
 
-        def step() -> None:
+        def loss_of_step() -> Tensor:
+            return model.parse_losses(model.loss(images, samples))[0]
+
+        def run(loss_fn: Callable[[], Tensor] = loss_of_step) -> None:
             model.zero_grad(set_to_none=True)
-            with meter, autocast:
-                loss, _ = model.parse_losses(model.loss(images, samples))
+            with SavedTensorMeter() as meter, autocast:
+                loss = loss_fn()
+            saved_bytes[0] = meter.bytes
             loss.backward()
-        step()
-        info['saved_for_backward_mib'] = meter.bytes / MIB
+    run()  # eager, with the recording hooks
     for hd in handles:
         hd.remove()
     if case.get('compile'):
-        compiled = torch.compile(lambda: model(images, mode='tensor'))
+        # compiled without the recording hooks (they are part of what Dynamo guards on)
+        if train:
+            compiled = torch.compile(loss_of_step)
+            run = functools.partial(run, compiled)
+        else:
+            compiled = torch.compile(lambda: model(images, mode='tensor'))
 
-        def infer() -> Tensor:
-            with torch.no_grad(), autocast:
-                return compiled()
+            def run() -> Tensor:
+                with torch.no_grad(), autocast:
+                    return compiled()
         start = time.perf_counter()
-        infer()
+        run()
         info['compile_s'] = time.perf_counter() - start
+    if train:
+        info['saved_for_backward_mib'] = saved_bytes[0] / MIB  # compiled if asked
     if case.get('cuda_graph'):
-        infer, info['graph_pool_mib'] = _graphed(infer, device)
+        run, info['graph_pool_mib'] = _graphed(run, device)
     if attn_terms:
         per_layer = [sum(t.values()) for t in attn_terms]
         info['analytic_mib'] = dict(attention_state_max_layer=max(per_layer),
                                     attention_state_all_layers=sum(per_layer))
         info['attention_layers'] = len(attn_terms)
-    return (infer if not train else step), info
+    return run, info
 
 
 def _check_case(case: dict) -> None:
@@ -669,18 +680,18 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
     """The cross product of the whole-model sweep. ``fused`` lists the BN settings (True: fold
     every BN into its conv before measuring), ``graphed`` the launch settings (True: replay
     the forward as one CUDA graph, :class:`mmlrf.cuda_graph.GraphedForward`) and
-    ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`) and
-    ``compiled`` the execution (True: ``torch.compile`` of the forward, default mode), e.g.
-    ``(False, True)`` for both; True applies to inference only. ``conv_routes`` lists the
-    convolution settings (False: every conv through oneDNN, :func:`mmlrf.conv.cpu_routes`;
-    any mode).
+    ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`), e.g.
+    ``(False, True)`` for both; these apply to inference only. ``compiled`` lists the
+    execution settings (True: ``torch.compile``, default mode, of the inference forward or of
+    the training forward and loss) and ``conv_routes`` the convolution settings (False: every
+    conv through oneDNN, :func:`mmlrf.conv.cpu_routes`); both apply to any mode.
 
     Raises:
-        ValueError: for a fused, graphed, channels-last or compiled setting with a 'train'
-            mode, or graphed and compiled settings together.
+        ValueError: for a fused, graphed or channels-last setting with a 'train' mode, or
+            graphed and compiled settings together.
     """
-    if (any(fused) or any(graphed) or any(channels_last) or any(compiled)) and 'train' in modes:
-        raise ValueError('fused, graphed, channels-last and compiled cases measure inference: '
+    if (any(fused) or any(graphed) or any(channels_last)) and 'train' in modes:
+        raise ValueError('fused, graphed and channels-last cases measure inference: '
                          f'they apply to the infer mode only, got modes={list(modes)}')
     if any(graphed) and any(compiled):
         raise ValueError('graphed and compiled cases are separate settings: measure them in '

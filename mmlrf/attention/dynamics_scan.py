@@ -135,7 +135,9 @@ def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int
     length = min(chunk_size, n)
     num_chunks = -(-n // length)
     padded = u if num_chunks * length == n else F.pad(u, (0, num_chunks * length - n))
-    y = _ChunkedScan.apply(padded.reshape(bsz, ch, num_chunks, length), log_a, w, length)
+    chunks = padded.reshape(bsz, ch, num_chunks, length)
+    y = (_chunk_products(chunks, log_a, w, length) if torch.compiler.is_compiling()
+         else _ChunkedScan.apply(chunks, log_a, w, length))
     return y.reshape(bsz, ch, num_chunks * length)[..., :n].addcmul_(u, d[:, None])
 
 

@@ -65,7 +65,8 @@ def spike_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
     Returns:
         Tensor: ``[N, C_out, H', W']``.
     """
-    found = spike_code_of(x) if torch.is_grad_enabled() else None
+    found = (spike_code_of(x) if torch.is_grad_enabled() and not torch.compiler.is_compiling()
+             else None)
     if (found is None or conv.padding_mode != 'zeros' or isinstance(conv.padding, str)
             or torch.is_autocast_enabled(x.device.type) or _has_hooks(conv)):
         return conv(x)

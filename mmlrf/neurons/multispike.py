@@ -55,6 +55,11 @@ class _MultiSpikeSTE(torch.autograd.Function):
         # Read by spike-aware convs during the forward pass (spike_code_of); the same tensor as
         # the saved one, so it costs no memory beyond what backward keeps anyway.
         ctx.code = code if _SHARE_CODES[0] else None
+        if torch.compiler.is_compiling():
+            # The same values decoded from the code (a NaN input gives 0, not NaN): inductor's
+            # CPU code for both formulas side by side crashed (SIGSEGV) in the 19M model's
+            # 1×512×512 training step (torch 2.13; docs/benchmarks.md).
+            return decode_spikes(code, norm, x.dtype)
         return torch.round(torch.clamp(x, 0, max_value)) / norm
 
     @staticmethod

@@ -90,8 +90,9 @@ def parse_args(argv=None):
                    help='--config inference: also measure every case with the weights stored '
                         'channels-last (mmlrf.hooks.to_channels_last), in the same run')
     p.add_argument('--compile', action='store_true',
-                   help='--config: also measure every inference case under torch.compile '
-                        '(default mode; the first call, compilation, is reported as '
+                   help='--config: also measure every case under torch.compile (default '
+                        'mode; inference: the forward; training: the forward and the loss, '
+                        'with their backward; the first call, compilation, is reported as '
                         'compile_s), in the same run')
     p.add_argument('--onednn-convs', action='store_true',
                    help='--config: also measure every case with all convolutions through oneDNN '

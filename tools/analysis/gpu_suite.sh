@@ -22,7 +22,8 @@
 # TF32 in cuDNN convolutions, fp32 matrix products; the official numbers do not say
 # which), profile{,_fused}.json (where LRF-Dyn's inference time goes), channels_last.{json,png}
 # (the weights stored channels-last, BNs kept / folded), conv.json (cuDNN against mmlrf's CPU
-# conv routes, 1x1 as matrix products, on this GPU), suite.log.
+# conv routes, 1x1 as matrix products, on this GPU), compiled_train.{json,png} (8x512x512
+# training steps, eager and under torch.compile), suite.log.
 # TF32 is off (fp32 parity) except in tf32_convs; bf16 rows use autocast (models) / bf16
 # tensors (ops).
 set -uo pipefail
@@ -56,12 +57,12 @@ MODEL=configs/_base_/models/fpn_sdtv3.py
 if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
-    LIMIT=600 SMOKE=1 RES_FAST=64x128 DEVICE=cpu GRAPH=()
+    LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=1 DEVICE=cpu GRAPH=()
     CONV_REPEATS=1
     MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
-    LIMIT=95 SMOKE='' RES_FAST=1024x2048 DEVICE=cuda
+    LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
     GRAPH=(--cuda-graph) CONV_REPEATS=5
 fi
 BUDGET=${SUITE_BUDGET:-$([[ -n "${SMOKE}" ]] && echo 3600 || echo 540)}
@@ -125,5 +126,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     # beat cuDNN here? The models take them on the CPU only.
     step conv 60 $PY tools/analysis/bench_conv.py --device ${DEVICE} --repeats ${CONV_REPEATS} \
         --out "$OUT/conv.json" | grep -v Warning
+    # training under torch.compile (forward + loss, backward by AOTAutograd) against eager, both
+    # attentions; last: it compiles two training graphs (minutes), and runs when time is left
+    step compiled_train $((LIMIT * 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants official lrf_dyn --resolution ${RES_TRAIN} --batch ${BATCH_TRAIN} \
+        --modes train "${ARGS[@]}" --compile --out "$OUT/compiled_train"
     date -u
 } 2>&1 | tee "$LOG"
