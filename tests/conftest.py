@@ -20,3 +20,17 @@ def mmseg_default_scope():
     the scope of a Runner it created into the next test."""
     with DefaultScope.overwrite_default_scope('mmseg'):
         yield
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """``torch.compile`` with Dynamo's ``eager`` backend (captures, generates no code: tests of
+    what is compiled stay short); yields the list of the functions compiled so far."""
+    compiled = []
+    torch_compile = torch.compile
+
+    def compile_eager(fn, **kwargs):
+        compiled.append(fn)
+        return torch_compile(fn, backend='eager', **kwargs)
+    monkeypatch.setattr(torch, 'compile', compile_eager)
+    yield compiled

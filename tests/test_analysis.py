@@ -211,10 +211,11 @@ def test_benchmark_fused_model_case(tmp_path):
 
 
 @pytest.mark.slow
-def test_benchmark_compiled_model_case(monkeypatch):
+def test_benchmark_compiled_model_case(eager_compile):
     """The toy LRF-Dyn segmentor compiles to the eager logits; a compiled case runs, reports
-    its compilation time, forms its own ratio group; a compiled training case runs (backend
-    ``aot_eager`` here, to keep the test short); CUDA graphs are refused."""
+    its compilation time, forms its own ratio group; a compiled training case runs; CUDA graphs
+    are refused. (Dynamo's eager backend throughout, to keep the test short: inductor's
+    numerics are tested in test_configs.py.)"""
     import torch._dynamo
     torch._dynamo.reset()
     model, _, _ = bm.build_variant_model(TOY, 'lrf_dyn')
@@ -229,15 +230,9 @@ def test_benchmark_compiled_model_case(monkeypatch):
     assert bm.group_key(case).endswith(' compiled')
     (train_case,) = bm.model_cases(TOY, ['lrf_dyn'], [(32, 32)], modes=['train'],
                                    compiled=(True,))
-    compiled = []
-
-    def compile_eager(fn, **kwargs):
-        compiled.append(fn)
-        return torch_compile(fn, backend='eager', **kwargs)
-    torch_compile = torch.compile
-    monkeypatch.setattr(torch, 'compile', compile_eager)
+    compiled_before = len(eager_compile)
     result = bm.run_case(train_case, warmup=0, repeats=1)
-    assert 'error' not in result and len(compiled) == 1
+    assert 'error' not in result and len(eager_compile) == compiled_before + 1
     assert result['compile_s'] > 0 and result['saved_for_backward_mib'] > 0
     with pytest.raises(ValueError, match='separate runs'):
         bm.model_cases(TOY, ['official'], [(64, 64)], graphed=(True,), compiled=(True,))

@@ -62,7 +62,7 @@ def test_train_test_demo(tmp_path):
     assert (overlay != cv2.imread(image)).any()  # the segmentation is painted on
 
 
-def test_train_compile(tmp_path, monkeypatch):
+def test_train_compile(tmp_path, eager_compile):
     """``train.py --compile`` trains and validates through the compiled training forward and
     inference (``torch.compile`` with its ``eager`` backend to keep this short; the compiled
     numerics are tested in test_configs.py)."""
@@ -72,20 +72,13 @@ def test_train_compile(tmp_path, monkeypatch):
     data = str(tmp_path / 'toy')
     _run(osp.join(ROOT, 'tools', 'dataset', 'make_toy_dataset.py'), data, '--num-train', '4',
          '--num-val', '2', '--size', '32', cwd=tmp_path)
-    compiled = []
-
-    def compile_eager(fn, **kwargs):
-        compiled.append(fn.__name__)
-        return torch_compile(fn, backend='eager', **kwargs)
-    torch_compile = torch.compile
-    monkeypatch.setattr(torch, 'compile', compile_eager)
     runner = load_tool('train').main([
         TOY_CONFIG, '--work-dir', str(tmp_path / 'work'), '--compile', '--cfg-options',
         f'data_root={data}', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
         'default_hooks.checkpoint.interval=2', 'model.data_preprocessor.size=(32,32)',
         'train_dataloader.batch_size=2'])
     model = runner.model
-    assert sorted(compiled) == ['encode_decode', 'loss']
+    assert sorted(fn.__name__ for fn in eager_compile) == ['encode_decode', 'loss']
     # the instance attributes are the compiled functions, not the class' methods
     assert 'loss' in vars(model) and 'encode_decode' in vars(model)
     loss = runner.message_hub.get_scalar('train/loss').current()
