@@ -351,21 +351,24 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
                                cache_enabled=not case.get('cuda_graph'))
                 if dtype != torch.float32 else torch.autocast(device.type, enabled=False))
     if not train:
-        def run() -> Tensor:
+        def forward() -> Tensor:
+            return model(images, mode='tensor')
+
+        def run(fn: Callable[[], Tensor] = forward) -> Tensor:
             with torch.no_grad(), autocast:
-                return model(images, mode='tensor')
+                return fn()
     else:
         from .loading import random_seg_samples
         samples = random_seg_samples(b, (h, w), cfg.model.decode_head.num_classes, device, gen)
         saved_bytes = [0]  # of the last step run
 
-        def loss_of_step() -> Tensor:
+        def forward() -> Tensor:
             return model.parse_losses(model.loss(images, samples))[0]
 
-        def run(loss_fn: Callable[[], Tensor] = loss_of_step) -> None:
+        def run(fn: Callable[[], Tensor] = forward) -> None:
             model.zero_grad(set_to_none=True)
             with SavedTensorMeter() as meter, autocast:
-                loss = loss_fn()
+                loss = fn()
             saved_bytes[0] = meter.bytes
             loss.backward()
     run()  # eager, with the recording hooks
@@ -373,15 +376,7 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
         hd.remove()
     if case.get('compile'):
         # compiled without the recording hooks (they are part of what Dynamo guards on)
-        if train:
-            compiled = torch.compile(loss_of_step)
-            run = functools.partial(run, compiled)
-        else:
-            compiled = torch.compile(lambda: model(images, mode='tensor'))
-
-            def run() -> Tensor:
-                with torch.no_grad(), autocast:
-                    return compiled()
+        run = functools.partial(run, torch.compile(forward))
         start = time.perf_counter()
         run()
         info['compile_s'] = time.perf_counter() - start
