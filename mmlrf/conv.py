@@ -1,4 +1,5 @@
-"""Convolutions routed around slow oneDNN kernels on the CPU.
+"""The convolution of mmlrf's models: routed around slow oneDNN kernels on the CPU, and saving
+a multi-spike input as its 1-byte code.
 
 On the CPU, oneDNN runs an ``NCHW`` convolution on blocked copies of its input and output
 (reorders), and its depth-wise backward is 3–20× slower than its forward
@@ -25,6 +26,14 @@ exact route there:
 equal the plain convolution's up to float summation order. :class:`RoutedConv2d` is the
 ``nn.Conv2d`` that uses them; every convolution of mmlrf's models is one. On the GPU nothing
 changes.
+
+**Spike codes.** A conv saves its input for the weight gradient. When that input is a
+:class:`~mmlrf.neurons.MultiSpike` output ``level / norm`` recorded by autograd,
+:class:`RoutedConv2d` saves the neuron's ``uint8`` code instead (the tensor the neuron saves
+anyway, :func:`~mmlrf.neurons.multispike.spike_code_of`) and decodes the spikes, bitwise equal,
+in backward: the pair neuron → conv keeps 1 byte per input element for backward instead of 8.
+On every device, whatever hooks the conv has (they run as usual); off inside
+:func:`~mmlrf.neurons.multispike.spike_code_sharing` ``(False)``.
 """
 from __future__ import annotations
 
@@ -34,6 +43,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .neurons.multispike import decode_spikes, spike_code_of
 
 
 _routes_enabled = True
@@ -204,13 +215,40 @@ class _Conv2dFn(torch.autograd.Function):
         return g_x, g_w, g_b, None, None, None, None
 
 
+class _SpikeCodeConv2d(torch.autograd.Function):
+    """:func:`conv2d_forward` of spikes ``s`` saving their 1-byte code instead of ``s``
+    (backward through :func:`conv2d_backward` on the decoded spikes)."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, code: Tensor, norm: float, weight: Tensor, bias: Tensor | None,
+                stride: tuple, padding: tuple, dilation: tuple, groups: int) -> Tensor:
+        ctx.save_for_backward(code, weight)
+        ctx.conf = (norm, s.shape, s.dtype, None if bias is None else bias.shape,
+                    stride, padding, dilation, groups)
+        return conv2d_forward(s, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        code, weight = ctx.saved_tensors
+        norm, shape, dtype, bias_shape, stride, padding, dilation, groups = ctx.conf
+        s = decode_spikes(code, norm, dtype).view(shape)
+        mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[3],
+                bias_shape is not None and ctx.needs_input_grad[4])
+        g_s, g_w, g_b = conv2d_backward(grad, s, weight, bias_shape, stride, padding, dilation,
+                                        groups, mask)
+        return g_s, None, None, g_w, g_b, None, None, None, None
+
+
 class RoutedConv2d(nn.Conv2d):
     """``nn.Conv2d`` (same arguments, parameters, state-dict keys and outputs) whose CPU
-    forward and backward take the routes of :func:`conv2d_forward` / :func:`conv2d_backward`.
+    forward and backward take the routes of :func:`conv2d_forward` / :func:`conv2d_backward`,
+    and which saves a multi-spike input as its 1-byte code (module docstring).
 
-    Without autograd (inference) it runs :func:`conv2d_forward`; with autograd it runs
-    :class:`_Conv2dFn` where a route applies. Elsewhere (GPU, autocast, non-zero padding modes,
-    string paddings, other geometries) it is exactly ``nn.Conv2d.forward``.
+    Without autograd (inference) it runs :func:`conv2d_forward`. With autograd it saves the
+    spike code of a :class:`~mmlrf.neurons.MultiSpike` output (not under ``torch.compile``,
+    whose partitioner chooses what backward keeps), else runs :class:`_Conv2dFn` where a route
+    applies. Under autocast, for non-zero padding modes and string paddings, and wherever
+    neither applies (e.g. a GPU conv of a float input) it is exactly ``nn.Conv2d.forward``.
 
     Shapes: ``[B, C_in, H, W]`` → ``[B, C_out, H_out, W_out]``.
     """
@@ -222,6 +260,9 @@ class RoutedConv2d(nn.Conv2d):
             return super().forward(x)
         if not torch.is_grad_enabled():
             return conv2d_forward(x, self.weight, self.bias, *geometry)
+        found = None if torch.compiler.is_compiling() else spike_code_of(x)
+        if found is not None:
+            return _SpikeCodeConv2d.apply(x, *found, self.weight, self.bias, *geometry)
         if (pointwise_applies(x, self.weight, self.stride, self.padding, self.groups)
                 or depthwise_backward_applies(x, self.weight, *geometry)):
             return _Conv2dFn.apply(x, self.weight, self.bias, *geometry)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .conv import RoutedConv2d
-from .neurons.fused import spike_conv2d
 
 
 def check_positive_int(value: int, name: str) -> int:
@@ -27,16 +26,16 @@ def seq_apply(module: nn.Module, x: Tensor) -> Tensor:
 
 
 def conv_bn(conv: nn.Conv2d, bn: nn.Module, x: Tensor) -> Tensor:
-    """``bn(conv(x))`` on ``[T, B, C, H, W]`` (frame-wise); the conv saves the 1-byte spike
-    code instead of ``x`` when ``x`` is a multi-spike output (:func:`spike_conv2d`)."""
-    return seq_apply(lambda z: bn(spike_conv2d(conv, z)), x)
+    """``bn(conv(x))`` on ``[T, B, C, H, W]`` (frame-wise; a
+    :class:`~mmlrf.conv.RoutedConv2d` saves a multi-spike ``x`` as its 1-byte code)."""
+    return seq_apply(lambda z: bn(conv(z)), x)
 
 
 class ConvBN(nn.Sequential):
     """``Conv2d`` (index 0) → ``BatchNorm2d`` (index 1) on ``[T, B, C, H, W]``.
 
     The conv is a :class:`~mmlrf.conv.RoutedConv2d` (faster CPU routes for 1×1 and depth-wise
-    convs). A multi-spike input is saved for backward as its 1-byte code (see :func:`conv_bn`).
+    convs) that saves a multi-spike input for backward as its 1-byte code.
 
     Args:
         in_channels (int): input channels.

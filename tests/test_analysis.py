@@ -336,7 +336,8 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
     assert names == ['dynamics', 'issue5', 'fused', 'compiled', 'tf32_convs', 'profile',
-                     'profile_fused', 'channels_last', 'conv', 'compiled_train']
+                     'profile_fused', 'profile_train_official', 'profile_train_lrf_dyn',
+                     'channels_last', 'conv', 'compiled_train']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log']
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
 
@@ -412,22 +413,24 @@ def test_saved_tensor_meter_counts_and_attributes_by_hand():
     assert dict(meter.by_dtype) == {torch.float32: 4 * size, torch.float64: 2 * size}
     assert dict(meter.by_module) == {'0': size, '1': 2 * size, '2': size, OUTSIDE: 2 * size}
     assert dict(meter.by_kind) == {('_Saver', 'float32'): 3 * size,
-                                   ('_ConvParent', 'float32'): size,
+                                   ('Conv2d', 'float32'): size,
                                    (OUTSIDE, 'float64'): 2 * size}
-    assert model[2].conv_hooked_during_forward is False
+    assert model[2].conv_hooked_during_forward is True  # convs are attributed too
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     with SavedTensorMeter(model=model) as full:  # full names; the conv weight counted now
         model(x)
-    assert dict(full.by_module) == {'0': size, '1.0': size, '1.1': size, '2': size + 4 * 4}
+    assert dict(full.by_module) == {'0': size, '1.0': size, '1.1': size,
+                                    '2.conv': size + 4 * 4}
     summary = full.summary(top=2)
     assert summary['saved_mib'] == pytest.approx(full.bytes / 2**20)
-    assert [row[0] for row in summary['by_module']] == ['2', '0']  # largest first, cut at 2
+    assert [row[0] for row in summary['by_module']] == ['2.conv', '0']  # largest first, cut at 2
     with pytest.raises(ValueError, match='depth'):
         SavedTensorMeter(depth=0)
 
 
 def test_saved_tensor_attribution_keeps_the_spike_code_path():
-    """Attributing to modules must not change what is saved (hooked convs would save floats)."""
+    """Attributing to modules (hooks on every module, convs included) must not change what is
+    saved: hooked convs still save 1-byte spike codes."""
     from mmlrf.analysis.saved_tensors import SavedTensorMeter
     from mmlrf.backbones import SDTV3
     backbone = SDTV3(embed_dims=[8, 16, 32, 32], num_heads=4).train()
@@ -468,22 +471,91 @@ def test_saved_tensors_tool_on_toy_config(tmp_path):
 
 # ---------------------------------------------------------------------------------- profiling
 def test_profile_attributes_time_to_leaf_modules():
-    from mmlrf.analysis.profile import format_profile, profile_forward
+    from mmlrf.analysis.profile import format_profile, profile_pass
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Sequential(
         torch.nn.BatchNorm2d(8), torch.nn.ReLU()), torch.nn.Conv2d(8, 4, 1)).eval()
     x = torch.randn(2, 3, 16, 16)
-    report = profile_forward(model, lambda: model(x), torch.device('cpu'), iterations=2,
-                             warmup=0)
+    grad_enabled = []
+
+    def run():
+        grad_enabled.append(torch.is_grad_enabled())
+        model(x)
+    report = profile_pass(model, run, torch.device('cpu'), iterations=2, warmup=0)
+    assert grad_enabled == [False] * 4  # inference passes run without autograd
     calls = {r['name']: r['calls'] for r in report['modules']}
     assert calls == {'Conv2d': 2, 'BatchNorm2d': 1, 'ReLU': 1}  # leaves only, per pass
     assert all(0 < r['share'] <= 1 for r in report['modules'])
     assert sum(r['ms'] for r in report['modules']) <= report['profiled_ms'] + 1e-6
     assert any('conv' in r['name'] for r in report['ops']) and report['op_calls'] > 4
+    assert report['backward'] == [] and report['kernels'] == []  # no training, no CUDA
     assert 'outside leaf modules' in format_profile(report)
     # hooks are removed afterwards
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in model.modules())
     with pytest.raises(ValueError, match='iterations'):
-        profile_forward(model, lambda: model(x), torch.device('cpu'), iterations=0)
+        profile_pass(model, run, torch.device('cpu'), iterations=0)
+
+
+class _Reentrant(torch.autograd.Function):
+    """``2x`` whose backward runs autograd again (as the chunked scan's does)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        with torch.enable_grad():
+            x = ctx.saved_tensors[0].detach().requires_grad_()
+            return torch.autograd.grad(x * 2, x, grad)[0]
+
+
+def test_profile_of_a_training_step_attributes_backward_nodes():
+    """Backward time goes to autograd's nodes (outermost only: the nodes a re-entrant backward
+    evaluates count for it); the leaf-module ranges must not switch spike codes off."""
+    from mmlrf.analysis.profile import format_profile, profile_pass
+    from mmlrf.conv import RoutedConv2d
+    from mmlrf.neurons import MultiSpike
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                                MultiSpike(), RoutedConv2d(8, 4, 3)).train()
+    x = torch.randn(2, 3, 16, 16)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        _Reentrant.apply(model(x)).sum().backward()
+    report = profile_pass(model, run, torch.device('cpu'), iterations=2, warmup=1, train=True)
+    assert model[0].weight.grad is not None
+    calls = {r['name']: r['calls'] for r in report['backward']}
+    assert calls['_ReentrantBackward'] == 1 and 'MulBackward0' not in calls
+    assert calls['_SpikeCodeConv2dBackward'] == 1  # the conv saved the neuron's code
+    assert calls['ConvolutionBackward0'] == calls['NativeBatchNormBackward0'] == 1
+    assert calls['_MultiSpikeSTEBackward'] == 1
+    assert {r['name'] for r in report['modules']} == {'Conv2d', 'BatchNorm2d', 'MultiSpike',
+                                                      'RoutedConv2d'}
+    rows = report['modules'] + report['backward']
+    assert all(r['ms'] >= 0 for r in rows)
+    assert sum(r['ms'] for r in rows) <= report['profiled_ms'] + 1e-6
+    text = format_profile(report)
+    assert 'backward: _SpikeCodeConv2dBackward' in text and 'and backward nodes' in text
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_profile_on_cuda_lists_kernels_and_backward_device_time():
+    """On a GPU the rows are device time, backward nodes included (autograd runs them on its
+    device thread), and the kernels are listed."""
+    from mmlrf.analysis.profile import profile_pass
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8)).cuda()
+    x = torch.randn(2, 3, 32, 32, device='cuda')
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+    report = profile_pass(model.train(), run, torch.device('cuda'), iterations=2, warmup=1,
+                          train=True)
+    assert report['basis'] == 'device'
+    assert report['kernels'] and all(r['ms'] > 0 for r in report['kernels'])
+    backward = {r['name']: r['ms'] for r in report['backward']}
+    assert backward['ConvolutionBackward0'] > 0 and backward['NativeBatchNormBackward0'] > 0
 
 
 def test_profile_model_tool_on_toy_config(tmp_path, cuda_precision):
@@ -497,9 +569,15 @@ def test_profile_model_tool_on_toy_config(tmp_path, cuda_precision):
     assert {'RoutedConv2d', 'MultiSpike', 'DendriticDynamics'} <= names
     assert 'BatchNorm2d' not in names
     assert json.loads(open(out + '.json').read())['fuse_conv_bn'] is True
+    report = tool.main([TOY, '--variant', 'lrf_dyn', '--resolution', '32x32', '--batch', '2',
+                        '--mode', 'train', '--iterations', '1', '--warmup', '0', '--out', out])
+    assert report['mode'] == 'train' and 'BatchNorm2d' in {r['name'] for r in report['modules']}
+    calls = {r['name']: r['calls'] for r in report['backward']}
+    assert calls['_ChunkedScanBackward'] == 8 and calls['_SpikeCodeConv2dBackward'] > 0
     for bad, message in ((['missing.py'], 'config file not found'),
                          ([TOY, '--variant', 'nope'], 'variant must be one of'),
-                         ([TOY, '--resolution', '64'], 'HxW')):
+                         ([TOY, '--resolution', '64'], 'HxW'),
+                         ([TOY, '--mode', 'train', '--fuse-conv-bn'], 'cannot profile training')):
         with pytest.raises(SystemExit, match=message):
             tool.main(bad)
 

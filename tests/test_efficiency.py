@@ -18,7 +18,6 @@ from mmlrf.backbones import SDTV3
 from mmlrf.conv import RoutedConv2d
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
 from mmlrf.neurons import MultiSpike
-from mmlrf.neurons.fused import spike_conv2d
 from mmlrf.neurons.multispike import spike_code_sharing
 
 TINY = dict(embed_dims=[8, 16, 32, 32], num_heads=4)
@@ -41,10 +40,6 @@ class _ReferenceSTE(torch.autograd.Function):
 
 def reference_spikes(x, d=4, norm=4.0):
     return _ReferenceSTE.apply(x, float(d)) / norm
-
-
-def _no_op_hook(module, args, out):
-    return None
 
 
 def _grads(module, x):
@@ -80,20 +75,20 @@ def test_multispike_inplace_only_without_autograd():
 
 
 # -------------------------------------------------------------------------- spike-aware convs
+# the CPU routes on both sides (tests/test_conv.py compares them with autograd's)
 @pytest.mark.parametrize('conv', [
-    nn.Conv2d(6, 8, 3, padding=1),
-    # both sides take the CPU routes (tests/test_conv.py compares them with autograd's)
+    RoutedConv2d(6, 8, 3, padding=1),
     RoutedConv2d(6, 6, 3, padding=2, dilation=2, groups=6, bias=False),
     RoutedConv2d(6, 4, 1),
-    nn.Conv2d(6, 5, 3, stride=2, padding=1),
-    nn.Conv2d(6, 4, 1)], ids=['3x3', 'dw-dilated', '1x1-routed', 'stride2', '1x1'])
+    RoutedConv2d(6, 5, 3, stride=2, padding=1)], ids=['3x3', 'dw-dilated', '1x1', 'stride2'])
 def test_spike_conv_equals_conv_of_spikes(conv):
+    """A multi-spike input is saved as its 1-byte code; outputs and gradients are exact."""
     torch.manual_seed(0)
     x = (torch.randn(1, 2, 6, 9, 9) * 3).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     conv_ref = copy.deepcopy(conv)
     with SavedTensorMeter(conv.parameters()) as meter:
-        y = spike_conv2d(conv, MultiSpike()(x).flatten(0, 1))
+        y = conv(MultiSpike()(x).flatten(0, 1))
     with SavedTensorMeter(conv_ref.parameters()) as meter_ref:
         y_ref = conv_ref(reference_spikes(x_ref).flatten(0, 1))
     g = torch.randn_like(y)
@@ -123,9 +118,8 @@ def test_spike_conv_trains_under_torch_compile():
         y = fn(xg)
         y.backward(torch.ones_like(y))
         return [y.detach(), xg.grad, conv.weight.grad, conv.bias.grad]
-    expect = run(lambda t: spike_conv2d(conv, neuron(t)))
-    got = run(torch.compile(lambda t: spike_conv2d(conv, neuron(t)), backend='aot_eager',
-                            fullgraph=True))
+    expect = run(lambda t: conv(neuron(t)))
+    got = run(torch.compile(lambda t: conv(neuron(t)), backend='aot_eager', fullgraph=True))
     assert torch.equal(got[0], expect[0]) and torch.equal(got[1], expect[1])
     for a, b in zip(got[2:], expect[2:]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -152,27 +146,33 @@ def test_multispike_under_torch_compile_decodes_its_code():
     assert torch.equal(compiled(nan.clone().requires_grad_()), torch.tensor([0.0, 2.0]) / 3)
 
 
-def test_spike_conv_falls_back_with_hooks_and_shared_code_for_many_convs():
-    convs = [nn.Conv2d(4, 4, 1) for _ in range(3)]
+@pytest.mark.parametrize('sharing', [True, False])
+def test_spike_code_shared_by_many_convs_hooks_or_not(sharing):
+    """Every conv reading the spikes saves the neuron's code, hooked or not (the hooks run);
+    ``spike_code_sharing(False)`` makes them save the float spikes instead."""
+    convs = [RoutedConv2d(4, 4, k, padding=k // 2) for k in (1, 3, 3)]
     x = torch.randn(1, 1, 4, 5, 5, requires_grad=True) * 3
     calls = []
-    handle = convs[0].register_forward_hook(lambda m, a, o: calls.append(a[0]))
-    with SavedTensorMeter([p for c in convs for p in c.parameters()]) as meter:
+    handles = [convs[0].register_forward_hook(lambda m, a, o: calls.append(a[0])),
+               convs[1].register_forward_pre_hook(lambda m, a: calls.append(a[0]))]
+    with SavedTensorMeter([p for c in convs for p in c.parameters()]) as meter, \
+            spike_code_sharing(sharing):
         s = MultiSpike()(x).flatten(0, 1)
-        outs = [spike_conv2d(c, s) for c in convs]
-    handle.remove()
-    assert len(calls) == 1 and torch.equal(calls[0], s)  # the hooked conv ran as a module
-    # code (1 B) shared by the neuron and two fused convs + the hooked conv's float input
-    assert meter.bytes == x.numel() + 4 * x.numel()
+        outs = [c(s) for c in convs]
+    for handle in handles:
+        handle.remove()
+    assert len(calls) == 2 and all(torch.equal(c, s) for c in calls)
+    # the code (1 B) of the neuron; without sharing also the float spikes (4 B, one storage)
+    assert meter.bytes == x.numel() * (1 if sharing else 5)
     assert all(torch.equal(o, c(s.detach())) for o, c in zip(outs, convs))
 
 
 def test_spike_conv_ignores_modified_spikes():
-    conv = nn.Conv2d(3, 3, 1)
+    conv = RoutedConv2d(3, 3, 1)
     x = torch.randn(1, 1, 3, 4, 4, requires_grad=True)
     s = MultiSpike()(x) * 2  # not a neuron output any more
     with SavedTensorMeter(conv.parameters()) as meter:
-        y = spike_conv2d(conv, s.flatten(0, 1))
+        y = conv(s.flatten(0, 1))
     assert meter.bytes == 4 * s.numel() and torch.equal(y, conv(s.detach().flatten(0, 1)))
 
 
@@ -196,14 +196,10 @@ def test_fused_network_equals_unfused_forward_and_gradients():
     x = torch.randn(2, 3, 40, 56, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_()
     y = _run(parts, x)
-    # a global forward hook makes every conv run as a plain module (the reference path)
-    handle = nn.modules.module.register_module_forward_hook(_no_op_hook)
-    try:
+    with spike_code_sharing(False):  # every conv saves its float input (the reference path)
         y_ref = _run(ref, x_ref)
-        g = torch.randn_like(y)
-        y_ref.backward(g)
-    finally:
-        handle.remove()
+    g = torch.randn_like(y)
+    y_ref.backward(g)
     y.backward(g)
     assert torch.equal(y, y_ref)
     for a, b in zip(_grads(parts, x), _grads(ref, x_ref)):
@@ -211,8 +207,8 @@ def test_fused_network_equals_unfused_forward_and_gradients():
 
 
 def test_backbone_saved_bytes_drop_by_the_conv_inputs():
-    """Fused minus plain saved bytes = 4 bytes × every distinct neuron output a conv reads
-    (the neurons save their 1-byte code either way), found with hooks on the plain path."""
+    """Fused minus plain (no code sharing) saved bytes = 4 bytes × every distinct neuron output
+    a conv reads (the neurons save their 1-byte code either way), found with hooks."""
     backbone = SDTV3(**TINY).train()
     x = torch.randn(1, 3, 48, 48)
     params = list(backbone.parameters())
@@ -229,7 +225,7 @@ def test_backbone_saved_bytes_drop_by_the_conv_inputs():
                if isinstance(m, MultiSpike)]
     handles += [m.register_forward_pre_hook(on_conv) for m in backbone.modules()
                 if isinstance(m, nn.Conv2d)]
-    with SavedTensorMeter(params) as plain:
+    with SavedTensorMeter(params) as plain, spike_code_sharing(False):
         backbone(x)
     for h in handles:
         h.remove()

@@ -26,10 +26,9 @@ class SavedTensorMeter:
     Args:
         exclude (Iterable[Tensor]): tensors whose storages are not counted (e.g. parameters).
         model (nn.Module | None): when given, attribute each storage to the innermost module
-            running when it was first saved (``by_module``, ``by_kind``). Forward hooks go on
-            every module except the ``nn.Conv2d`` ones: a hooked conv would no longer save
-            1-byte spike codes (:func:`mmlrf.neurons.fused.spike_conv2d`), so a conv's saved
-            tensors count for its parent module.
+            running when it was first saved (``by_module``, ``by_kind``), through forward hooks
+            on every module (a conv's 1-byte spike code, saved first by its neuron, counts for
+            the neuron).
         depth (int | None): ``by_module`` keeps the first ``depth`` components of the module
             names (``backbone.block3.0``: depth 3); None keeps the full names.
 
@@ -83,9 +82,8 @@ class SavedTensorMeter:
         if self._model is not None:
             self._names = {m: n for n, m in self._model.named_modules()}
             for module in self._names:
-                if not isinstance(module, nn.Conv2d):
-                    self._handles += [module.register_forward_pre_hook(self._enter_module),
-                                      module.register_forward_hook(self._leave_module)]
+                self._handles += [module.register_forward_pre_hook(self._enter_module),
+                                  module.register_forward_hook(self._leave_module)]
         self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
         self._ctx.__enter__()
         return self

@@ -11,14 +11,13 @@ from torch import Tensor, nn
 
 from ..conv import RoutedConv2d
 from ..neurons import build_neuron
-from ..neurons.fused import spike_conv2d
 from .spiking_fpn_neck import spike_map
 
 
 class SpikeConvBN(nn.Sequential):
     """``neuron`` (index 0) → 3×3 ``Conv2d`` without bias (1) → ``BatchNorm2d`` (2), on
     ``[B, C, H, W]`` (the neuron sees the single step ``[1, B, C, H, W]``; the conv saves its
-    1-byte spike code for backward, see :func:`~mmlrf.neurons.fused.spike_conv2d`)."""
+    1-byte spike code for backward, see :class:`~mmlrf.conv.RoutedConv2d`)."""
 
     def __init__(self, channels: int, neuron: dict) -> None:
         super().__init__(build_neuron(neuron), RoutedConv2d(channels, channels, 3, padding=1,
@@ -27,7 +26,7 @@ class SpikeConvBN(nn.Sequential):
 
     def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
         """``[B, C, H, W]`` → ``[B, C, H, W]``; ``inplace``: see :func:`spike_map`."""
-        return self[2](spike_conv2d(self[1], spike_map(self[0], x, inplace)))
+        return self[2](self[1](spike_map(self[0], x, inplace)))
 
 
 class Upsample2x(nn.Module):
@@ -131,7 +130,7 @@ class SpikingFPNHead(BaseDecodeHead):
         del out
         if self.dropout is not None:
             spikes = self.dropout(spikes)
-        return spike_conv2d(self.conv_seg, spikes)
+        return self.conv_seg(spikes)
 
     @staticmethod
     def _scale_head(head: nn.Sequential, x: Tensor) -> Tensor:

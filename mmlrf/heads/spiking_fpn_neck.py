@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from ..layers import ConvBN
 from ..neurons import build_neuron
-from ..neurons.fused import spike_conv2d
 
 
 def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
@@ -25,10 +24,9 @@ def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
 
 
 def spike_conv_bn(pair: ConvBN, spikes: Tensor) -> Tensor:
-    """``pair[1](pair[0](spikes))`` on a single-step ``[B, C, H, W]`` map; the conv saves the
-    1-byte spike code of a multi-spike input instead of the float spikes
-    (:func:`~mmlrf.neurons.fused.spike_conv2d`)."""
-    return pair[1](spike_conv2d(pair[0], spikes))
+    """``pair[1](pair[0](spikes))`` on a single-step ``[B, C, H, W]`` map (the conv, a
+    :class:`~mmlrf.conv.RoutedConv2d`, saves multi-spike input as its 1-byte code)."""
+    return pair[1](pair[0](spikes))
 
 
 @MODELS.register_module()

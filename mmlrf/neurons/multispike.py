@@ -125,7 +125,7 @@ class MultiSpike(nn.Module):
 
     Memory: for backward the neuron saves a 1-byte code per element (level and STE mask,
     :func:`spike_code`) instead of its float input; convs that consume the output directly
-    (:func:`mmlrf.neurons.fused.spike_conv2d`) save the same code instead of the float spikes.
+    (:class:`mmlrf.conv.RoutedConv2d`) save the same code instead of the float spikes.
     Without autograd the output costs one tensor (clamp, then round and divide in place), or
     none with ``inplace=True``.
 

@@ -20,7 +20,9 @@
 # compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile; compile_s is the
 # compilation), tf32_convs.{json,png} (the fused inference at PyTorch's default precision:
 # TF32 in cuDNN convolutions, fp32 matrix products; the issue's official numbers do not say
-# which), profile{,_fused}.json (where LRF-Dyn's inference time goes), channels_last.{json,png}
+# which), profile{,_fused}.json (where LRF-Dyn's inference time goes),
+# profile_train_{official,lrf_dyn}.json (where an 8x512x512 training step's time goes: forward
+# per leaf module, backward per autograd node, CUDA kernels), channels_last.{json,png}
 # (the weights stored channels-last, BNs kept / folded), conv.json (cuDNN against mmlrf's CPU
 # conv routes, 1x1 as matrix products, on this GPU), compiled_train.{json,png} (8x512x512
 # training steps, eager and under torch.compile), suite.log.
@@ -87,8 +89,9 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     if [[ -z "${SMOKE}" ]]; then
         # the Triton kernels' correctness on this GPU first (forward and gradients vs float64
         # FFT), and the CUDA-graph replay against eager inference
-        step kernel_tests 90 $PY -m pytest tests/test_dynamics_fast.py tests/test_cuda_graph.py -q \
-            -k "triton or cuda or graph" -p no:cacheprovider 2>&1 | tail -4
+        step kernel_tests 90 $PY -m pytest tests/test_dynamics_fast.py tests/test_cuda_graph.py \
+            tests/test_analysis.py -q -k "triton or cuda or graph" -p no:cacheprovider 2>&1 \
+            | tail -4
     fi
     # the dendritic operator alone: floor, triton / scan / fft, fp32 and bf16
     step dynamics 65 $PY tools/analysis/bench_dynamics_gpu.py ${SMOKE:+--smoke} --budget 45 \
@@ -116,6 +119,14 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
             $PY tools/analysis/profile_model.py "$MODEL" --variant lrf_dyn \
             --resolution ${RES_FAST} --device ${DEVICE} --iterations 3 --warmup 2 ${fused} \
             --out "$OUT/profile${fused:+_fused}" | grep -v Warning
+    done
+    # where a training step's time goes (forward per leaf module, backward per autograd node,
+    # CUDA kernels), for the target "no slower than the official attention"
+    for variant in official lrf_dyn; do
+        step profile_train_${variant} $((LIMIT / 2)) \
+            $PY tools/analysis/profile_model.py "$MODEL" --variant ${variant} --mode train \
+            --resolution ${RES_TRAIN} --batch ${BATCH_TRAIN} --device ${DEVICE} --iterations 3 \
+            --warmup 2 --out "$OUT/profile_train_${variant}" | grep -v Warning
     done
     # the weights stored channels-last (tools/test.py --channels-last; on the CPU it lowers
     # the inference peak by a quarter), BNs kept / folded, eager

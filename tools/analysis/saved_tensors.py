@@ -11,7 +11,7 @@ Runs ``model.loss()`` on random images and labels in training mode (no backward 
 autograd saves is decided in the forward pass) under
 :class:`mmlrf.analysis.saved_tensors.SavedTensorMeter`, and prints per variant the total, the
 modules that saved the most (names cut to ``--depth`` components) and the bytes per (class of
-the saving module, dtype); a conv's tensors count for its parent module. Writes ``<out>.json``.
+the saving module, dtype). Writes ``<out>.json``.
 """
 import argparse
 import json
