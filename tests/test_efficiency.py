@@ -62,6 +62,22 @@ def test_multispike_equals_reference_and_saves_one_byte(d, norm):
     assert meter.bytes == x.numel() and set(meter.by_dtype) == {torch.uint8}
 
 
+def test_spikes_and_code_edges():
+    """Level in bits 0-6 and the STE bit exactly where 0 <= x <= D, at ties, bounds, signed
+    zeros, infinities and NaN (never inside; its spike stays NaN)."""
+    from mmlrf.neurons.multispike import INSIDE_BIT, spikes_and_code
+    x = torch.tensor([-1.0, -0.0, 0.0, 0.5, 1.5, 2.5, 3.0, 3.5, 4.0, 4.0001, 7.0,
+                      float('inf'), float('-inf'), float('nan')])
+    spikes, code = spikes_and_code(x, 3, 2.0)
+    finite = ~torch.isnan(x)
+    level = torch.round(torch.clamp(x[finite], 0, 3))
+    assert torch.equal(spikes[finite], level / 2.0) and torch.isnan(spikes[-1])
+    assert torch.equal((code[finite] & (INSIDE_BIT - 1)).float(), level)
+    inside = (x >= 0) & (x <= 3)
+    assert torch.equal(code >= INSIDE_BIT, inside) and inside.tolist()[1:4] == [True] * 3
+    assert code.dtype == torch.uint8 and spikes.dtype == x.dtype
+
+
 def test_multispike_inplace_only_without_autograd():
     x = torch.randn(1, 2, 3, 4, 4) * 3
     ref = torch.round(torch.clamp(x, 0, 4)) / 4
