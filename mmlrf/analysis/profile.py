@@ -47,7 +47,7 @@ def _leaf_ranges(model: nn.Module) -> list:
 
 
 def _times_us(event: Any, cuda: bool) -> tuple[float, float]:
-    """(total, self) time of an averaged profiler event, device time on CUDA, else CPU time."""
+    """(total, self) time of a profiler event, device time on CUDA, else CPU time."""
     if cuda:
         total = getattr(event, 'device_time_total', None)
         if total is None:  # torch < 2.4 names
@@ -69,8 +69,7 @@ def _backward_rows(events: list, cuda: bool, iterations: int) -> list[dict]:
         if parent is not None:
             continue
         row = rows.setdefault(event.name[len(BACKWARD_PREFIX):], dict(ms=0.0, calls=0.0))
-        total = event.device_time_total if cuda else event.cpu_time_total
-        row['ms'] += total / 1e3 / iterations
+        row['ms'] += _times_us(event, cuda)[0] / 1e3 / iterations
         row['calls'] += 1 / iterations
     return sorted((dict(name=name, **row) for name, row in rows.items()),
                   key=lambda r: -r['ms'])
@@ -136,7 +135,7 @@ def profile_pass(model: nn.Module, run: Callable[[], Any], device: torch.device,
     for event in prof.key_averages():
         if cuda and event.device_type == torch.autograd.DeviceType.CUDA:
             kernels.append(dict(name=event.key, calls=event.count / iterations,
-                                ms=event.self_device_time_total / 1e3 / iterations))
+                                ms=_times_us(event, cuda)[1] / 1e3 / iterations))
             continue
         total, self_time = _times_us(event, cuda)
         if event.key.startswith(RANGE_PREFIX):
