@@ -358,12 +358,9 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
             with torch.no_grad(), autocast:
                 return fn()
     else:
-        from .loading import random_seg_samples
-        samples = random_seg_samples(b, (h, w), cfg.model.decode_head.num_classes, device, gen)
+        from .loading import random_label_loss
+        forward = random_label_loss(model, cfg, images, gen)
         saved_bytes = [0]  # of the last step run
-
-        def forward() -> Tensor:
-            return model.parse_losses(model.loss(images, samples))[0]
 
         def run(fn: Callable[[], Tensor] = forward) -> None:
             model.zero_grad(set_to_none=True)

@@ -2,7 +2,7 @@
 targets for the analysis tools."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -106,3 +106,13 @@ def random_seg_samples(batch: int, hw: tuple[int, int], num_classes: int,
             data=torch.randint(0, num_classes, (1, h, w), generator=gen).to(device))
         samples.append(sample)
     return samples
+
+
+def random_label_loss(model: nn.Module, cfg, images: Tensor,
+                      gen: torch.Generator | None = None) -> Callable[[], Tensor]:
+    """A function returning the segmentor's total training loss (``model.loss``, summed by
+    ``parse_losses``) on ``images`` ``[B, 3, H, W]`` with :func:`random_seg_samples` labels
+    over the config's decode-head classes (drawn now, with ``gen``)."""
+    samples = random_seg_samples(images.shape[0], tuple(images.shape[-2:]),
+                                 cfg.model.decode_head.num_classes, images.device, gen)
+    return lambda: model.parse_losses(model.loss(images, samples))[0]

@@ -25,7 +25,7 @@ import torch
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis.model_args import add_model_args, check_model_args
-from mmlrf.analysis.loading import random_seg_samples
+from mmlrf.analysis.loading import random_label_loss
 from mmlrf.analysis.profile import format_profile, profile_pass
 
 
@@ -64,12 +64,11 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, height, width, generator=gen).to(device)
     if train:
-        samples = random_seg_samples(args.batch, (height, width),
-                                     cfg.model.decode_head.num_classes, device, gen)
+        loss = random_label_loss(model, cfg, images, gen)
 
         def run() -> None:
             model.zero_grad(set_to_none=True)
-            model.parse_losses(model.loss(images, samples))[0].backward()
+            loss().backward()
     else:
         def run() -> None:
             model(images, mode='tensor')

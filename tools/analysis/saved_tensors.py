@@ -22,7 +22,7 @@ import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility l
 import torch
 
 from mmlrf.analysis import benchmark as bm
-from mmlrf.analysis.loading import random_seg_samples
+from mmlrf.analysis.loading import random_label_loss
 from mmlrf.analysis.model_args import add_model_args, check_model_args
 from mmlrf.analysis.saved_tensors import SavedTensorMeter
 
@@ -44,10 +44,9 @@ def measure_variant(args, variant, hw: tuple[int, int], device: torch.device) ->
     model.train()
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, 3, *hw, generator=gen).to(device)
-    samples = random_seg_samples(args.batch, hw, cfg.model.decode_head.num_classes, device,
-                                 gen)
+    loss = random_label_loss(model, cfg, images, gen)
     with SavedTensorMeter(model.parameters(), model, args.depth) as meter:
-        model.parse_losses(model.loss(images, samples))
+        loss()
     return dict(variant=variant, **meter.summary(args.top))
 
 
