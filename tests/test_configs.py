@@ -19,10 +19,11 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SEG_CONFIGS = sorted(
     p for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True)
     if '_base_' not in p.split(osp.sep) and osp.sep + 'imagenet' + osp.sep not in p)
-# Reduced widths, same component types: the full-width channel wiring is checked separately.
+# Reduced widths and depths, same component types: the full-width channel wiring is checked
+# separately.
 SMALL_BACKBONE = {
-    'SDTV3': dict(arch=None, embed_dims=[16, 32, 32, 32]),
-    'Spikformer': dict(arch=dict(embed_dims=32, depth=4, num_heads=4), T=2),
+    'SDTV3': dict(arch=None, embed_dims=[16, 32, 32, 32], depths=(1, 1)),
+    'Spikformer': dict(arch=dict(embed_dims=32, depth=2, num_heads=4), T=2),
     'QKFormer': dict(arch=dict(embed_dims=32, depths=(1, 1, 1), num_heads=4), T=2),
 }
 
@@ -265,8 +266,8 @@ def test_compile_hook_compiles_the_inference():
     from mmlrf.hooks import CompileHook, compile_segmentor
 
     torch._dynamo.reset()
-    model = MODELS.build(_load(osp.join(ROOT, 'configs', 'toy',
-                                        'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')).model)
+    model = MODELS.build(shrink_model(_load(osp.join(
+        ROOT, 'configs', 'toy', 'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')).model))
     model.eval()
     _randomise_batchnorms(model)
     images = torch.rand(1, 3, 32, 32)

@@ -318,6 +318,24 @@ def test_segmentor_loss_backward_and_predict_in_mmseg():
     assert pred[0].seg_logits.data.shape == (3, 30, 30)
 
 
+def test_depths_set_the_transformer_blocks_and_drop_path_ramp():
+    """``depths`` builds that many blocks per stage (default: the official 6 + 2); the
+    stochastic-depth rate rises linearly from 0 to ``drop_path_rate`` over all of them."""
+    official = _tiny_backbone(drop_path_rate=0.35)
+    assert official.depths == (6, 2) and (len(official.block3), len(official.block4)) == (6, 2)
+    rates = [b.drop_path_rate for b in (*official.block3, *official.block4)]
+    assert rates == pytest.approx([0.05 * j for j in range(8)])
+    shallow = _tiny_backbone(depths=[2, 1], drop_path_rate=0.2)
+    assert shallow.depths == (2, 1) and (len(shallow.block3), len(shallow.block4)) == (2, 1)
+    assert [b.drop_path_rate for b in (*shallow.block3, *shallow.block4)] == \
+        pytest.approx([0.0, 0.1, 0.2])
+    single = _tiny_backbone(depths=(1, 1), drop_path_rate=0.2)
+    assert [b.drop_path_rate for b in (*single.block3, *single.block4)] == [0.0, 0.2]
+    with torch.no_grad():
+        feats = single.eval()(torch.randn(1, 3, 32, 32))
+    assert [f.shape[1] for f in feats] == single.out_channels
+
+
 def test_registered_in_mmpretrain():
     from mmpretrain.registry import MODELS as PRETRAIN_MODELS
     assert PRETRAIN_MODELS.module_dict.get('SDTV3') is SDTV3
@@ -340,6 +358,10 @@ def test_drop_path_drops_whole_samples():
     (lambda: SDTV3(embed_dims=TINY_DIMS, out_indices=(4,)), 'out_indices'),
     (lambda: SDTV3(embed_dims=TINY_DIMS, attn='ssa'), 'attn'),
     (lambda: SDTV3(embed_dims=TINY_DIMS, drop_path_rate=1.0), 'drop_path_rate'),
+    (lambda: SDTV3(embed_dims=TINY_DIMS, depths=(6,)), 'depths'),
+    (lambda: SDTV3(embed_dims=TINY_DIMS, depths=(0, 2)), 'depths'),
+    (lambda: SDTV3(embed_dims=TINY_DIMS, depths=(1.5, 2)), 'depths'),
+    (lambda: SDTV3(embed_dims=TINY_DIMS, depths=6), 'depths'),
     (lambda: SpikingFPN([4, 8, 12, 32], 8, num_outs=5), 'num_outs'),
     (lambda: SpikingFPNHead(in_channels=[8] * 4, channels=8, num_classes=3,
                             in_index=[0, 1, 2, 3], feature_strides=(2, 4, 12, 16)),

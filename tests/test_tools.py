@@ -10,6 +10,8 @@ import pytest
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIG = osp.join(ROOT, 'configs', 'toy', 'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')
+# one transformer block per stage instead of 6 + 2: the same code paths, a quicker compile
+SHALLOW = 'model.backbone.depths=(1,1)'
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
 
@@ -31,7 +33,7 @@ def test_train_test_demo(tmp_path):
     data = str(tmp_path / 'toy')
     _run(osp.join(ROOT, 'tools', 'dataset', 'make_toy_dataset.py'), data, '--num-train', '8',
          '--num-val', '3', '--size', '32', cwd=tmp_path)
-    opts = ['--cfg-options', f'data_root={data}', 'train_cfg.max_iters=3',
+    opts = ['--cfg-options', f'data_root={data}', SHALLOW, 'train_cfg.max_iters=3',
             'train_cfg.val_interval=3', 'default_hooks.checkpoint.interval=3',
             'model.data_preprocessor.size=(32,32)', 'train_dataloader.batch_size=2']
     train_log = _run(osp.join(ROOT, 'tools', 'train.py'), TOY_CONFIG, '--work-dir', 'work',
@@ -39,12 +41,12 @@ def test_train_test_demo(tmp_path):
     ckpt = tmp_path / 'work' / 'iter_3.pth'
     assert ckpt.is_file()
     test_log = _run(osp.join(ROOT, 'tools', 'test.py'), TOY_CONFIG, str(ckpt), '--work-dir',
-                    'work_test', '--show-dir', 'shown', *opts[:2], cwd=tmp_path)
+                    'work_test', '--show-dir', 'shown', *opts[:3], cwd=tmp_path)
     assert _miou(test_log) == pytest.approx(_miou(train_log))  # test reproduces validation
     shown = os.listdir(tmp_path / 'shown' / 'vis_data' / 'vis_image')
     assert len(shown) == 3  # one painted prediction per validation image
     fused_log = _run(osp.join(ROOT, 'tools', 'test.py'), TOY_CONFIG, str(ckpt), '--work-dir',
-                     'work_fused', '--fuse-conv-bn', '--channels-last', '--compile', *opts[:2],
+                     'work_fused', '--fuse-conv-bn', '--channels-last', '--compile', *opts[:3],
                      cwd=tmp_path)
     folded = re.search(r'FuseConvBNHook: folded (\d+) of (\d+) BatchNorm', fused_log)
     assert folded and folded.group(1) == folded.group(2) != '0', fused_log[-2000:]
@@ -55,7 +57,8 @@ def test_train_test_demo(tmp_path):
     assert _miou(fused_log) == pytest.approx(_miou(train_log), abs=1.0)  # float rounding only
     image = osp.join(data, 'images', 'validation', 'toy_00000.png')
     out = tmp_path / 'overlay.png'
-    _run(osp.join(ROOT, 'tools', 'demo.py'), image, TOY_CONFIG, str(ckpt), '--out', str(out),
+    dumped = tmp_path / 'work' / osp.basename(TOY_CONFIG)  # the run's config, as trained
+    _run(osp.join(ROOT, 'tools', 'demo.py'), image, str(dumped), str(ckpt), '--out', str(out),
          '--opacity', '0.6', '--channels-last', '--compile', cwd=tmp_path)
     overlay = cv2.imread(str(out))
     assert overlay is not None and overlay.shape == (32, 32, 3)
@@ -74,7 +77,7 @@ def test_train_compile(tmp_path, eager_compile):
          '--num-val', '2', '--size', '32', cwd=tmp_path)
     runner = load_tool('train').main([
         TOY_CONFIG, '--work-dir', str(tmp_path / 'work'), '--compile', '--cfg-options',
-        f'data_root={data}', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+        f'data_root={data}', SHALLOW, 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
         'default_hooks.checkpoint.interval=2', 'model.data_preprocessor.size=(32,32)',
         'train_dataloader.batch_size=2'])
     model = runner.model

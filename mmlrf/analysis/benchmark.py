@@ -15,8 +15,9 @@ Dynamics cases (the dendritic operator alone, ``variant`` ``'dynamics:<mode>'``,
 Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict), ``attn_key``
 (dotted config key of the attention dict the variant replaces, default ``model.backbone.attn``),
 ``fuse_conv_bn``, ``cuda_graph``, ``channels_last``, ``compile`` (``torch.compile`` the
-inference forward, or in training the forward and the loss, whose backward AOTAutograd
-compiles with it; reported with ``compile_s``, the first call) and ``conv_routes`` (default
+inference forward, or in training the segmentor's ``loss`` as ``CompileHook`` does, whose
+backward AOTAutograd compiles with it; reported with ``compile_s``, the first call) and
+``conv_routes`` (default
 True; False runs every convolution through oneDNN, :func:`mmlrf.conv.cpu_routes`).
 """
 from __future__ import annotations
@@ -373,7 +374,11 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
         hd.remove()
     if case.get('compile'):
         # compiled without the recording hooks (they are part of what Dynamo guards on)
-        run = functools.partial(run, torch.compile(forward))
+        if train:  # what CompileHook compiles for training: the segmentor's loss
+            from ..hooks import compile_segmentor
+            compile_segmentor(model, train=True)
+        else:
+            run = functools.partial(run, torch.compile(forward))
         start = time.perf_counter()
         run()
         info['compile_s'] = time.perf_counter() - start
@@ -674,8 +679,8 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
     the forward as one CUDA graph, :class:`mmlrf.cuda_graph.GraphedForward`) and
     ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`), e.g.
     ``(False, True)`` for both; these apply to inference only. ``compiled`` lists the
-    execution settings (True: ``torch.compile``, default mode, of the inference forward or of
-    the training forward and loss) and ``conv_routes`` the convolution settings (False: every
+    execution settings (True: ``torch.compile``, default mode, of the inference forward or,
+    as :func:`mmlrf.hooks.compile_segmentor` does, of the segmentor's ``loss``) and ``conv_routes`` the convolution settings (False: every
     conv through oneDNN, :func:`mmlrf.conv.cpu_routes`); both apply to any mode.
 
     Raises:

@@ -248,8 +248,10 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
             ``dict(type='SSA', order='qk')``; ``LRFSSA`` / ``LRFDyn`` configs are passed through.
         neuron (dict): neuron config of every neuron (official: ``MultiSpike``, D = 4).
         out_indices (Sequence[int]): which of the 4 maps to return (0..3).
+        depths (Sequence[int]): transformer blocks of stages 3 and 4 (official and every
+            ``arch``: ``(6, 2)``; fewer make a shallower model, e.g. for quick experiments).
         layer_scale_init (float): initial layer-scale value (official: 1e-6).
-        drop_path_rate (float): largest stochastic-depth rate, increasing linearly over the 8
+        drop_path_rate (float): largest stochastic-depth rate, increasing linearly over the
             transformer blocks (the official code builds but never applies drop path: 0).
         with_cp (bool): activation checkpointing (``torch.utils.checkpoint``, non-reentrant)
             of every conv and transformer block while training: only block inputs are kept for
@@ -267,7 +269,6 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
     ceil(W/s_i)]`` for ``i`` in ``out_indices``.
     """
 
-    num_transformer_blocks = (6, 2)
     strides = (2, 4, 8, 16)
 
     def __init__(self,
@@ -279,6 +280,7 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
                  attn: dict = dict(type='SSA', order='qk'),
                  neuron: dict = dict(type='MultiSpike'),
                  out_indices: Sequence[int] = (0, 1, 2, 3),
+                 depths: Sequence[int] = (6, 2),
                  layer_scale_init: float = 1e-6,
                  drop_path_rate: float = 0.0,
                  with_cp: bool = False,
@@ -295,6 +297,11 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         if not out_indices or any(i not in (0, 1, 2, 3) for i in out_indices):
             raise ValueError(f'out_indices must be a non-empty subset of (0, 1, 2, 3), '
                              f'got {out_indices}')
+        if not isinstance(depths, (tuple, list)) or len(depths) != 2 or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in depths):
+            raise ValueError('depths must be 2 positive block counts (stages 3 and 4), '
+                             f'got {depths!r}')
+        n3, n4 = depths
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate}')
         if not isinstance(attn, dict) or 'type' not in attn:
@@ -305,6 +312,7 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         self.with_cp = bool(with_cp)
         neuron = copy.deepcopy(neuron)
         self.embed_dims = dims
+        self.depths = (n3, n4)
         self.out_indices = out_indices
         self.out_channels = [[dims[0] // 2, dims[0], dims[1], dims[3]][i] for i in out_indices]
         c0, c1, c2, c3 = dims
@@ -317,7 +325,6 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         self.ConvBlock2_1 = nn.ModuleList([ConvBlock(c1, mlp_ratio, neuron)])
         self.ConvBlock2_2 = nn.ModuleList([ConvBlock(c1, mlp_ratio, neuron)])
         self.downsample3 = Downsample(c1, c2, 3, 2, neuron)
-        n3, n4 = self.num_transformer_blocks
         rates = [drop_path_rate * j / (n3 + n4 - 1) for j in range(n3 + n4)]
         self.block3 = nn.ModuleList([
             TransformerBlock(c2, num_heads, mlp_ratio, attn, neuron, layer_scale_init, rates[j])
