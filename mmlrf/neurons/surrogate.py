@@ -9,14 +9,18 @@ from torch import Tensor
 SURROGATES = ('sigmoid', 'atan')
 
 
-class _SigmoidSpike(torch.autograd.Function):
-    """Forward Θ(x); backward α·σ(αx)·(1 − σ(αx))."""
+class _HeavisideSpike(torch.autograd.Function):
+    """Forward Θ(x), saving ``x`` and the sharpness α for a subclass' surrogate backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: float) -> Tensor:
         ctx.save_for_backward(x)
         ctx.alpha = alpha
         return (x >= 0).to(x.dtype)
+
+
+class _SigmoidSpike(_HeavisideSpike):
+    """Forward Θ(x); backward α·σ(αx)·(1 − σ(αx))."""
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -25,14 +29,8 @@ class _SigmoidSpike(torch.autograd.Function):
         return grad * ctx.alpha * sg * (1 - sg), None
 
 
-class _AtanSpike(torch.autograd.Function):
+class _AtanSpike(_HeavisideSpike):
     """Forward Θ(x); backward (α/2) / (1 + (πα x / 2)²)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, alpha: float) -> Tensor:
-        ctx.save_for_backward(x)
-        ctx.alpha = alpha
-        return (x >= 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
