@@ -26,7 +26,8 @@ def compile_segmentor(model: nn.Module, train: bool = False) -> nn.Module:
     ``loss`` is the training forward (backbone, heads and losses); AOTAutograd compiles its
     backward with it. mmlrf's memory-saving training paths (1-byte spike codes saved for the
     convs, the chunked scan's recomputing backward) give way to the compiler's own choice of
-    saved tensors, which keeps more (docs/benchmarks.md: compiled training on the CPU).
+    saved tensors, which keeps more: its partitioner saves the float spikes a conv's backward
+    reads rather than decoding them again (docs/benchmarks.md: compiled training on the CPU).
 
     Args:
         model (nn.Module): an mmseg segmentor (has ``encode_decode`` and ``loss``).
