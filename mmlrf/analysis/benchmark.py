@@ -17,8 +17,8 @@ Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict),
 ``fuse_conv_bn``, ``cuda_graph``, ``channels_last``, ``compile`` (``torch.compile`` the
 inference forward, or in training the segmentor's ``loss`` as ``CompileHook`` does, whose
 backward AOTAutograd compiles with it; reported with ``compile_s``, the first call) and
-``conv_routes`` (default
-True; False runs every convolution through oneDNN, :func:`mmlrf.conv.cpu_routes`).
+``conv_routes`` (default True; False runs every convolution through oneDNN,
+:func:`mmlrf.conv.cpu_routes`).
 """
 from __future__ import annotations
 
@@ -680,8 +680,9 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
     ``channels_last`` the weight layouts (True: :func:`mmlrf.hooks.to_channels_last`), e.g.
     ``(False, True)`` for both; these apply to inference only. ``compiled`` lists the
     execution settings (True: ``torch.compile``, default mode, of the inference forward or,
-    as :func:`mmlrf.hooks.compile_segmentor` does, of the segmentor's ``loss``) and ``conv_routes`` the convolution settings (False: every
-    conv through oneDNN, :func:`mmlrf.conv.cpu_routes`); both apply to any mode.
+    as :func:`mmlrf.hooks.compile_segmentor` does, of the segmentor's ``loss``) and
+    ``conv_routes`` the convolution settings (False: every conv through oneDNN,
+    :func:`mmlrf.conv.cpu_routes`); both apply to any mode.
 
     Raises:
         ValueError: for a fused, graphed or channels-last setting with a 'train' mode, or

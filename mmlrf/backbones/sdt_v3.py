@@ -221,9 +221,10 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
     2 transformer blocks  ``block4.0-1``                                  C3     16      3
     ====================  ==============================================  =====  ======  =====
 
-    (Block counts of the default ``depths=(6, 2)``.) True output strides are therefore (2, 4, 8, 16) (:attr:`strides`), each side rounded up
-    (``ceil(H / s)``); the official configs call them 4/8/16/32, which is wrong but harmless
-    because only their ratios are used. Output channels are ``[C0/2, C0, C1, C3]``
+    (Block counts of the default ``depths=(6, 2)``.) True output strides are therefore
+    (2, 4, 8, 16) (:attr:`strides`), each side rounded up (``ceil(H / s)``); the official
+    configs call them 4/8/16/32, which is wrong but harmless because only their ratios are
+    used. Output channels are ``[C0/2, C0, C1, C3]``
     (:attr:`out_channels`): C2 never leaves the backbone.
 
     Sizes (``arch``), all with ``num_heads=8``, ``mlp_ratio=4``:
