@@ -11,7 +11,7 @@ import torch
 import mmlrf  # noqa: F401  (before mmseg.models)
 from mmlrf.attention.dynamics import (PARAMETERIZATIONS, DendriticDynamics, fft_conv,
                                       recurrent_scan)
-from mmlrf.attention.dynamics_scan import chunked_scan, streaming_scan
+from mmlrf.attention.dynamics_scan import causal_toeplitz, chunked_scan, streaming_scan
 
 ORDERS = ('raster', 'snake', 'column')
 CPU_FAST = ('scan', 'stream')
@@ -129,6 +129,57 @@ def test_chunked_scan_trains_under_torch_compile():
     for a, b in zip(got, expect):
         assert rel_err(a, b) < 1e-6
 
+
+
+@pytest.mark.parametrize('length', [1, 2, 5, 16])
+def test_causal_toeplitz_eager_and_compiled_match_the_definition(length):
+    """``T[s, t] = K[t−s]`` for t ≥ s, else 0, and ``dK[m] = Σ_{t−s=m} dT[s, t]``: the eager view
+    and the compiled periodic buffer alike."""
+    import torch._dynamo
+    torch._dynamo.reset()
+    torch.manual_seed(length)
+    kernel = torch.randn(3, 2, length, dtype=torch.float64)
+    grad = torch.randn(3, 2, length, length, dtype=torch.float64)
+    expect = torch.zeros_like(grad)
+    expect_grad = torch.zeros_like(kernel)
+    for s in range(length):
+        for t in range(s, length):
+            expect[..., s, t] = kernel[..., t - s]
+            expect_grad[..., t - s] += grad[..., s, t]
+    for fn in (causal_toeplitz, torch.compile(causal_toeplitz, backend='aot_eager',
+                                              fullgraph=True)):
+        leaf = kernel.clone().requires_grad_()
+        out = fn(leaf)
+        out.backward(grad)
+        assert torch.equal(out, expect)
+        assert torch.allclose(leaf.grad, expect_grad, rtol=0, atol=1e-12)
+
+
+def test_compiled_scan_backward_has_no_scatter():
+    """The backward that AOTAutograd builds for the compiled scan holds no scatter-add
+    (``unfold_backward``, ``index_put``, ``scatter_add``, ``index_add``): inductor's CPU code for a
+    scatter-add fused into a transposed tile writes out of bounds (torch 2.13,
+    docs/benchmarks.md)."""
+    import torch._dynamo
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+    torch._dynamo.reset()
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+    leaves = [torch.randn(2, 6, 50), -torch.rand(6, 4), torch.randn(6, 4), torch.randn(6)]
+    leaves = [t.requires_grad_() for t in leaves]
+    compiled = torch.compile(chunked_scan, fullgraph=True,
+                             backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
+    compiled(*leaves, 16).sum().backward()
+    assert len(graphs) == 2  # forward, backward
+    targets = {str(n.target) for n in graphs[1].graph.nodes if n.op == 'call_function'}
+    assert 'aten.bmm.default' in targets, targets  # the graph is the scan's backward
+    scatter_adds = {'unfold_backward', 'index_put', '_unsafe_index_put', 'scatter_add',
+                    'scatter_reduce', 'index_add'}
+    assert not {t for t in targets if t.split('.')[1] in scatter_adds}, targets
 
 def test_auto_uses_scan_on_cpu_and_mode_is_switchable():
     module = make(mode='auto')

@@ -27,6 +27,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def causal_toeplitz(kernel: Tensor) -> Tensor:
+    """The transposed causal Toeplitz matrices of kernels: ``[..., L]`` → ``[..., L(s), L(t)]``
+    holding ``K[t−s]`` for t ≥ s, else 0.
+
+    Eager: a view (``unfold`` of the zero-padded kernel, rows flipped). Under ``torch.compile``
+    the same values come from a periodic buffer instead: the zero-padded kernel
+    ``[0]*(L−1) ++ K ++ [0]`` (period 2L) repeated L times and read in rows of stride 2L−1, so
+    that each row shifts by one lag. Its backward is slices and a sum; ``unfold``'s is a
+    scatter-add, which inductor's CPU code (torch 2.13) can write out of bounds when it fuses
+    it into a transposed tile (docs/benchmarks.md, "Issue 5, ninth session"). Eager keeps the
+    view: the buffer is twice the matrix.
+    """
+    length = kernel.shape[-1]
+    if not torch.compiler.is_compiling():
+        # windows[i, t] = [0]*(L−1) ++ K at i + t; row i = L−1−s holds K[t − s] (0 for t < s)
+        return F.pad(kernel, (length - 1, 0)).unfold(-1, length, 1).flip(-2)
+    period = F.pad(kernel, (length - 1, 1))                        # [..., 2L]
+    # flat[L−1 + s(2L−1) + t] = period[(L−1 + t − s) mod 2L], and 0 ≤ L−1 + t − s < 2L
+    flat = period.unsqueeze(-2).expand(*period.shape[:-1], length, 2 * length).flatten(-2)
+    rows = flat[..., length - 1:length - 1 + length * (2 * length - 1)]
+    return rows.unflatten(-1, (length, 2 * length - 1))[..., :length]
+
+
 def chunk_operators(log_a: Tensor, w: Tensor,
                     length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Matrices shared by all chunks of length L.
@@ -44,9 +67,7 @@ def chunk_operators(log_a: Tensor, w: Tensor,
     steps = torch.arange(length, device=log_a.device, dtype=log_a.dtype)
     decay = torch.exp(log_a[..., None] * steps)                    # [C, k, L]  ā^m
     kernel = (w[..., None] * decay).sum(1)                         # [C, L]
-    # windows[i, t] = [0]*(L−1) ++ K at i + t; row i = L−1−s holds K[t − s] (0 for t < s)
-    windows = F.pad(kernel, (length - 1, 0)).unfold(-1, length, 1)
-    toeplitz_t = windows.flip(-2)
+    toeplitz_t = causal_toeplitz(kernel)
     readout = w[..., None] * decay * torch.exp(log_a)[..., None]
     inject = decay.flip(-1).transpose(1, 2)
     return toeplitz_t, readout, inject, torch.exp(log_a * length)
