@@ -6,6 +6,7 @@ environment variable ``MMLRF_SDTV3_FIXTURE``) and the key/shape listings of its 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -25,6 +26,8 @@ from mmlrf.convert.parity import check_fixture, load_fixture
 from mmlrf.convert.sdtv3 import (SDTV3Segmentor, convert_official_state_dict,
                                  mmlrf_config_from_official)
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
+from mmlrf.heads.spiking_fpn_neck import nearest_resize
+from compiled_graphs import SCATTER_ADDS, backward_ops
 from tool_loading import load_tool
 
 DEFAULT_FIXTURE = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures' / 'sdtv3'
@@ -317,6 +320,26 @@ def test_segmentor_loss_backward_and_predict_in_mmseg():
         pred = model.predict(x, samples)
     assert pred[0].seg_logits.data.shape == (3, 30, 30)
 
+
+
+@pytest.mark.parametrize('size', [(6, 10), (5, 9), (7, 10)])
+def test_fpn_nearest_resize_is_pytorchs_nearest(size):
+    """Values and gradients of ``F.interpolate(mode='nearest')``, for the exact ×2 (a broadcast
+    copy) and for other sizes; the ×2's compiled backward has no scatter-add."""
+    x = torch.randn(2, 3, 3, 5, requires_grad=True)
+    grad = torch.randn(2, 3, *size)
+    got = nearest_resize(x, size)
+    expect = torch.nn.functional.interpolate(x, size=size, mode='nearest')
+    assert torch.equal(got, expect)
+    g_got, = torch.autograd.grad(got, x, grad)
+    g_expect, = torch.autograd.grad(expect, x, grad)
+    assert torch.allclose(g_got, g_expect, rtol=0, atol=1e-6)
+    if size == (6, 10):
+        ops = backward_ops(lambda t: nearest_resize(t, size), x)
+        assert 'sum' in ops and not ops & SCATTER_ADDS, ops
+        interpolate = functools.partial(torch.nn.functional.interpolate, size=size,
+                                        mode='nearest')
+        assert backward_ops(interpolate, x) & SCATTER_ADDS  # what its backward decomposes into
 
 def test_depths_set_the_transformer_blocks_and_drop_path_ramp():
     """``depths`` builds that many blocks per stage (default: the official 6 + 2); the

@@ -12,6 +12,16 @@ from ..layers import ConvBN
 from ..neurons import build_neuron
 
 
+def nearest_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """PyTorch's ``mode='nearest'`` resize of ``[B, C, H, W]`` to ``size``; an exact ×2 as a
+    broadcast copy (the same values), whose backward is a sum instead of the scatter-add that
+    inductor's CPU code can write out of bounds (torch 2.13, docs/benchmarks.md)."""
+    h, w = x.shape[-2:]
+    if tuple(size) != (2 * h, 2 * w):
+        return F.interpolate(x, size=size, mode='nearest')
+    return x[..., None, :, None].expand(*x.shape[:-2], h, 2, w, 2).flatten(-4, -3).flatten(-2)
+
+
 def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
     """Apply a neuron to a real-valued map ``[B, C, H, W]`` as the single step ``[1, B, C, H, W]``
     of the multi-step layout; returns ``[B, C, H, W]``.
@@ -86,8 +96,7 @@ class SpikingFPN(BaseModule):
                     zip(self.lateral_convs, self.lateral_convs_spikes, inputs)]
         for i in range(len(laterals) - 1, 0, -1):
             # in place: a batch-norm output that nothing saved (same sum, no new map)
-            laterals[i - 1] += F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
-                                             mode='nearest')
+            laterals[i - 1] += nearest_resize(laterals[i], laterals[i - 1].shape[-2:])
         outs = []
         for i, (conv, spike) in enumerate(zip(self.fpn_convs, self.fpn_convs_spikes)):
             # the laterals are temporaries: spike them in place at inference, free them early
