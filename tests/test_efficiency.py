@@ -141,6 +141,57 @@ def test_spike_conv_trains_under_torch_compile():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+
+def test_recompute_for_backward_saves_spike_codes_not_floats(monkeypatch):
+    """Compiled (AOTAutograd's partitioner), the neuron → conv pair saves its float32 spikes for
+    the conv's backward; partitioned in :func:`recompute_for_backward` it saves the 1-byte codes
+    instead, with the same output and gradients; ``compile_segmentor`` uses it for the CPU
+    training forward."""
+    import torch._dynamo
+
+    import mmlrf.hooks.compile as compile_module
+    from mmlrf.hooks import compile_segmentor, recompute_for_backward
+    torch.manual_seed(0)
+    conv, neuron = RoutedConv2d(6, 6, 3, padding=1), MultiSpike()
+    x = torch.randn(2, 6, 9, 9) * 3
+
+    def run(fn):
+        saved = []
+
+        def pack(t):
+            saved.append(t.dtype if t.shape == x.shape else None)
+            return t
+        xg = x.clone().requires_grad_()
+        conv.zero_grad(set_to_none=True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = fn(xg)
+        y.backward(torch.ones_like(y))
+        return saved, [y.detach(), xg.grad, conv.weight.grad]
+
+    def compiled():
+        torch._dynamo.reset()
+        return torch.compile(lambda t: conv(neuron(t)), backend='aot_eager', fullgraph=True)
+    saved_default, default = run(compiled())
+    saved, got = run(recompute_for_backward(compiled()))
+    assert torch.float32 in saved_default and torch.uint8 not in saved_default, saved_default
+    assert torch.uint8 in saved and torch.float32 not in saved, saved
+    for a, b in zip(got, default):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+    class Segmentor(nn.Linear):
+        def encode_decode(self, x):
+            return self(x)
+
+        def loss(self, x):
+            return self(x).sum()
+    wrapped = []
+    monkeypatch.setattr(compile_module, 'recompute_for_backward',
+                        lambda fn: wrapped.append(fn) or fn)
+    model = compile_segmentor(Segmentor(2, 2), train=True)
+    assert wrapped == [model.loss]  # the training forward only
+    compile_segmentor(Segmentor(2, 2).to('meta'), train=True)
+    assert len(wrapped) == 1  # on the CPU only
+
 def test_multispike_under_torch_compile_decodes_its_code():
     """Under ``torch.compile`` the neuron's spikes are decoded from its code: the eager values
     (halves round to even, clamping) and gradients; a NaN input gives 0 there (documented)."""
