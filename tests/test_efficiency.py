@@ -177,6 +177,8 @@ def test_recompute_for_backward_saves_spike_codes_not_floats(monkeypatch):
     assert torch.uint8 in saved and torch.float32 not in saved, saved
     for a, b in zip(got, default):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    monkeypatch.delattr(torch._functorch.config, 'ban_recompute_materialized_backward')
+    assert recompute_for_backward(len) is len  # a torch without the setting
 
     class Segmentor(nn.Linear):
         def encode_decode(self, x):

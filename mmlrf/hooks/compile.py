@@ -20,8 +20,12 @@ def recompute_for_backward(compiled: Callable) -> Callable:
     backward op (a conv's backward) reads, so it saves the float32 spikes of every spiking conv.
     Allowed to recompute them, it saves the 1-byte spike codes and decodes them in backward, as
     eager mode does. The partition is made at the first call (of each input shape), inside the
-    setting; other compilations are left alone.
+    setting; other compilations are left alone. A torch without the setting gets ``compiled``
+    back unchanged.
     """
+    if not hasattr(torch._functorch.config, 'ban_recompute_materialized_backward'):
+        return compiled
+
     @functools.wraps(compiled)
     def run(*args: Any, **kwargs: Any) -> Any:
         with torch._functorch.config.patch(ban_recompute_materialized_backward=False):
