@@ -132,7 +132,6 @@ def test_chunked_scan_trains_under_torch_compile():
         assert rel_err(a, b) < 1e-6
 
 
-
 @pytest.mark.parametrize('length', [1, 2, 5, 16])
 def test_causal_toeplitz_eager_and_compiled_match_the_definition(length):
     """``T[s, t] = K[t−s]`` for t ≥ s, else 0, and ``dK[m] = Σ_{t−s=m} dT[s, t]``: the eager view

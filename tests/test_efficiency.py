@@ -141,7 +141,6 @@ def test_spike_conv_trains_under_torch_compile():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-
 def test_recompute_for_backward_saves_spike_codes_not_floats(monkeypatch):
     """Compiled (AOTAutograd's partitioner), the neuron → conv pair saves its float32 spikes for
     the conv's backward; partitioned in :func:`recompute_for_backward` it saves the 1-byte codes
@@ -193,6 +192,7 @@ def test_recompute_for_backward_saves_spike_codes_not_floats(monkeypatch):
     assert wrapped == [model.loss]  # the training forward only
     compile_segmentor(Segmentor(2, 2).to('meta'), train=True)
     assert len(wrapped) == 1  # on the CPU only
+
 
 def test_multispike_under_torch_compile_decodes_its_code():
     """Under ``torch.compile`` the neuron's spikes are decoded from its code: the eager values

@@ -321,7 +321,6 @@ def test_segmentor_loss_backward_and_predict_in_mmseg():
     assert pred[0].seg_logits.data.shape == (3, 30, 30)
 
 
-
 @pytest.mark.parametrize('size', [(6, 10), (5, 9), (7, 10)])
 def test_fpn_nearest_resize_is_pytorchs_nearest(size):
     """Values and gradients of ``F.interpolate(mode='nearest')``, for the exact ×2 (a broadcast
@@ -340,6 +339,7 @@ def test_fpn_nearest_resize_is_pytorchs_nearest(size):
         interpolate = functools.partial(torch.nn.functional.interpolate, size=size,
                                         mode='nearest')
         assert backward_ops(interpolate, x) & SCATTER_ADDS  # what its backward decomposes into
+
 
 def test_depths_set_the_transformer_blocks_and_drop_path_ramp():
     """``depths`` builds that many blocks per stage (default: the official 6 + 2); the
