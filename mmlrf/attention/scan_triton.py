@@ -38,9 +38,10 @@ import triton
 import triton.language as tl
 
 
-def _config(chunk: int, block_m: int, warps: int, precision: str) -> triton.Config:
+def _config(chunk: int, block_m: int, warps: int, precision: str,
+            stages: int = 2) -> triton.Config:
     return triton.Config({'CHUNK': chunk, 'BLOCK_M': block_m, 'PRECISION': precision},
-                         num_warps=warps, num_stages=2)
+                         num_warps=warps, num_stages=stages)
 
 
 # Autotune candidates of the forward kernel per input dtype (every CHUNK must be
@@ -49,12 +50,17 @@ def _config(chunk: int, block_m: int, warps: int, precision: str) -> triton.Conf
 # fp32 inputs keep fp32 accuracy: 3×TF32 tensor-core dots or plain fp32 FMA dots ('ieee').
 # CHUNK = 16 halves the Toeplitz MACs per token and, with BLOCK_M = 64, the registers (ptxas,
 # sm_90, triton 3.6: ~116-128 instead of ~196 per thread, i.e. 4 instead of 2 programs per SM).
+# Each program walks its sequence serially, so the last two candidates (not yet measured) try
+# to hide the latency of a group: a deeper load pipeline, and twice the tokens per group on
+# the same 4 warps.
 FP32_CONFIGS = [
     _config(32, 64, 4, 'tf32x3'),
     _config(16, 64, 4, 'tf32x3'),
     _config(16, 128, 8, 'tf32x3'),
     _config(16, 64, 4, 'ieee'),
     _config(32, 32, 4, 'ieee'),
+    _config(16, 64, 4, 'tf32x3', stages=3),
+    _config(16, 128, 4, 'tf32x3'),
 ]
 # 16-bit inputs (converted to fp32 in registers): single-pass TF32 dots suffice.
 LOWP_CONFIGS = [
