@@ -13,19 +13,19 @@
 # pyyaml, but no OpenMMLab: mmcv imports cv2 at import time, so mmseg (and therefore mmlrf) need
 # opencv, which the image has; the rest (mmengine, mmcv-lite, mmsegmentation, mmpretrain and
 # their small pure-Python deps) travels in .gpu_site (about 27 MB, ignored by git).
-# Writes to $OUT, in this order: dynamics.json (operator alone, parameter path per
-# parameterisation), issue5.{json,png} (the preset: operators, 1x1024x2048 inference, 8x512x512
-# training step), fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs,
-# eager / one CUDA graph; the graph's memory is its capture peak, graph_pool_mib),
-# compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile; compile_s is the
-# compilation), tf32_convs.{json,png} (the fused inference at PyTorch's default precision:
-# TF32 in cuDNN convolutions, fp32 matrix products; the issue's official numbers do not say
-# which), profile{,_fused}.json (where LRF-Dyn's inference time goes),
-# profile_train_{official,lrf_dyn}.json (where an 8x512x512 training step's time goes: forward
-# per leaf module, backward per autograd node, CUDA kernels), channels_last.{json,png}
-# (the weights stored channels-last, BNs kept / folded), conv.json (cuDNN against mmlrf's CPU
-# conv routes, 1x1 as matrix products, on this GPU), compiled_train.{json,png} (8x512x512
-# training steps, eager and under torch.compile), suite.log.
+# Writes to $OUT, in this order: kernel_tests.log (GPU only: the CUDA tests), dynamics.json
+# (operator alone, parameter path per parameterisation), issue5.{json,png} (the preset: operators,
+# 1x1024x2048 inference, 8x512x512 training step), fused.{json,png} (1x1024x2048 inference: BNs
+# kept / folded into the convs, eager / one CUDA graph; the graph's memory is its capture peak,
+# graph_pool_mib), compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile;
+# compile_s is the compilation), tf32_convs.{json,png} (the fused inference at PyTorch's default
+# precision: TF32 in cuDNN convolutions, fp32 matrix products; the issue's official numbers do not
+# say which), profile{,_fused}.json (where LRF-Dyn's inference time goes),
+# profile_train_{official,lrf_dyn}.json (where an 8x512x512 training step's time goes: forward per
+# leaf module, backward per autograd node, CUDA kernels), channels_last.{json,png} (the weights
+# stored channels-last, BNs kept / folded), conv.json (cuDNN against mmlrf's CPU conv routes, 1x1
+# as matrix products, on this GPU), compiled_train.{json,png} (8x512x512 training steps, eager and
+# under torch.compile), suite.log.
 # TF32 is off (fp32 parity) except in tf32_convs; bf16 rows use autocast (models) / bf16
 # tensors (ops).
 set -uo pipefail
@@ -89,9 +89,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     if [[ -z "${SMOKE}" ]]; then
         # the Triton kernels' correctness on this GPU first (forward and gradients vs float64
         # FFT), and the CUDA-graph replay against eager inference
-        step kernel_tests 90 $PY -m pytest tests/test_dynamics_fast.py tests/test_cuda_graph.py \
-            tests/test_analysis.py -q -k "triton or cuda or graph" -p no:cacheprovider 2>&1 \
-            | tail -4
+        # (about 55 tests; their whole log stays in $OUT even if the step runs out of time)
+        step kernel_tests 120 $PY -m pytest tests/test_dynamics_fast.py tests/test_cuda_graph.py \
+            tests/test_analysis.py -q -k "triton or cuda or graph" -p no:cacheprovider \
+            --durations=8 2>&1 | tee "$OUT/kernel_tests.log" | tail -14
     fi
     # the dendritic operator alone: floor, triton / scan / fft, fp32 and bf16
     step dynamics 65 $PY tools/analysis/bench_dynamics_gpu.py ${SMOKE:+--smoke} --budget 45 \
