@@ -180,11 +180,58 @@ def test_interleaved_timing_groups_cases_and_alternates(monkeypatch):
         return (lambda: order.append(case['variant']) or fn()), info
     monkeypatch.setattr(bm, '_case_work', spy)
     timed = bm.time_interleaved(ops[:2], 'cpu', warmup=1, repeats=3)
-    assert order == ['official', 'ssa_kv'] * 3
+    # (then each case's back-to-back calls, after the round-robin)
+    assert order == ['official', 'ssa_kv'] * 3 + ['official'] * 3 + ['ssa_kv'] * 3
     assert all(len(r['times_ms']) == 3 and r['time_ms'] > 0 for r in timed)
     bad = dict(ops[0], variant='nope')
     timed = bm.time_interleaved([bad, ops[1]], 'cpu', warmup=1, repeats=2)
     assert 'variant' in timed[0]['error'] and len(timed[1]['times_ms']) == 2
+
+
+def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
+    """Operator-level cases also get ``time_ms_pipelined`` (``calls`` calls between one pair of
+    synchronisations), in-process and from the CPU timing subprocess; model cases do not."""
+    from mmlrf.analysis.memory import pipelined_ms
+    calls = []
+    assert pipelined_ms(lambda: calls.append(1), torch.device('cpu'), 4) > 0
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match='calls must be >= 1'):
+        pipelined_ms(lambda: None, torch.device('cpu'), 0)
+    cases = bm.operator_cases(['ssa_kv'], [64], channels=8, heads=2, v_ratio=1)
+    model = bm.model_cases(bm.TOY_CONFIG, ['lrf_dyn'], [(64, 64)])[0]
+    assert {c['kind'] for c in cases} == {'operator', 'floor'}
+    assert [bm.timed_pipelined(c) for c in cases + [model]] == [True, True, False]
+    row = bm.run_case(cases[0], 'cpu', warmup=0, repeats=2)
+    assert row['time_ms_pipelined'] > 0 and 'back to back' in bm.format_row(row)
+    timed = bm.time_interleaved(cases, 'cpu', warmup=1, repeats=2)
+    assert all(t['time_ms_pipelined'] > 0 for t in timed)
+    monkeypatch.setattr(bm, '_subprocess_job', lambda job, env, t: (
+        dict(job['case'], peak_mib=1.0) if 'case' in job
+        else [dict(c, time_ms=2.0, times_ms=[2.0], images_per_s=500.0, time_ms_pipelined=1.5)
+              for c in job['cases']]))
+    (res,) = bm.run_cases(cases[:1], 'cpu', repeats=2, log=lambda s: None)
+    assert res['time_ms_pipelined'] == 1.5
+
+
+def test_bench_dynamics_smoke(tmp_path):
+    """``bench_dynamics_gpu.py --smoke`` (CPU, tiny sizes): every path of both dtypes and the
+    parameter path of both parameterisations are timed per call and back to back, and the
+    fast paths match the float64 FFT reference."""
+    out = tmp_path / 'dynamics.json'
+    load_tool('analysis/bench_dynamics_gpu').main(
+        ['--smoke', '--warmup', '0', '--repeats', '2', '--out', str(out)])
+    data = json.loads(out.read_text())
+    rows = data['rows']
+    assert data['info']['device'] == 'cpu' and data['info']['triton_configs'] is None
+    assert {(r['dtype'], r['op']) for r in rows} >= {
+        ('float32', 'floor copy'), ('float32', 'params fwd+bwd (modal)'),
+        ('float32', 'params fwd+bwd (tridiagonal)'), ('float32', 'scan fwd+bwd'),
+        ('bfloat16', 'scan fwd'), ('bfloat16', 'fft fwd+bwd')}
+    assert all('error' not in r and 'skipped' not in r for r in rows)
+    assert all(r['ms'] > 0 and r['ms_pipelined'] > 0 for r in rows)
+    tol = {'float32': 1e-5, 'bfloat16': 1e-2}
+    assert all(r[e] < tol[r['dtype']] for r in rows for e in ('err_y', 'err_gx') if e in r)
+    assert sum('err_y' in r for r in rows) == 4 and sum('err_gx' in r for r in rows) == 4
 
 
 def test_benchmark_attention_map_attribution():

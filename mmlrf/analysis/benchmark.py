@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .memory import CPU_MEASURE_ENV, MIB, measure, time_ms
+from .memory import CPU_MEASURE_ENV, MIB, measure, pipelined_ms, time_ms
 from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
@@ -420,14 +420,21 @@ def _error(e: Exception) -> str:
     return f'{type(e).__name__}: {str(e)[:300]}'
 
 
+def timed_pipelined(case: dict) -> bool:
+    """Whether ``case`` is also timed back to back (``time_ms_pipelined``): the operator-level
+    kinds, whose calls are short enough for the host's per-call work to show in ``time_ms``."""
+    return case['kind'] != 'model'
+
+
 def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
              repeats: int = 3) -> dict:
     """Measure one case in this process (see the module docstring for the case fields).
 
     Returns:
         dict: the case plus ``peak_mib`` (peak above the pre-run baseline), ``time_ms``
-        (median), ``times_ms``, ``images_per_s`` (batch / time), the attribution fields
-        (``weights_mib``, ``inputs_mib``, ``output_mib``, ``analytic_mib``,
+        (median), ``times_ms``, ``images_per_s`` (batch / time), for operator-level kinds
+        ``time_ms_pipelined`` (:func:`~mmlrf.analysis.memory.pipelined_ms`), the attribution
+        fields (``weights_mib``, ``inputs_mib``, ``output_mib``, ``analytic_mib``,
         ``saved_for_backward_mib``) and, for operators, ``peak_over_output``; or ``error``.
     """
     device = torch.device(device)
@@ -436,7 +443,8 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
     try:
         fn, info = _case_work(case, device)
         result.update(info)
-        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
+        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats,
+                              pipelined=timed_pipelined(case)))
     except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
@@ -459,8 +467,9 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
     cases' models and inputs are alive at once. One case is plain sequential timing.
 
     Returns:
-        list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms`` and
-        ``images_per_s``; or ``error`` (the other cases go on).
+        list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms``,
+        ``images_per_s`` and (operator-level kinds) ``time_ms_pipelined``, measured after the
+        round-robin; or ``error`` (the other cases go on).
     """
     device = torch.device(device)
     results, fns = [], []
@@ -482,10 +491,15 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
                 results[i]['times_ms'] += time_ms(fn, device, 1)
             except Exception as e:  # noqa: BLE001
                 results[i]['error'], fns[i] = _error(e), None
-    for res in results:
+    for res, fn in zip(results, fns):
         if 'error' not in res and res['times_ms']:
             res['time_ms'] = statistics.median(res['times_ms'])
             res['images_per_s'] = res['batch'] / (res['time_ms'] / 1e3)
+            if timed_pipelined(res):
+                try:
+                    res['time_ms_pipelined'] = pipelined_ms(fn, device, repeats)
+                except Exception as e:  # noqa: BLE001
+                    res['error'] = _error(e)
     return results
 
 
@@ -555,7 +569,8 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
         if 'error' in timed:
             res['error'] = timed['error']
         else:
-            res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'images_per_s')})
+            res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'images_per_s',
+                                              'time_ms_pipelined') if k in timed})
 
     results = []
     for case in cases:
@@ -712,6 +727,8 @@ def format_row(r: dict) -> str:
     if 'error' in r:
         return f'{name}  ERROR {r["error"]}'
     t = f"{r['time_ms']:.3f} ms" if r.get('time_ms') else '-'
+    if r.get('time_ms_pipelined'):
+        t += f" ({r['time_ms_pipelined']:.3f} ms back to back)"
     ips = f"{r['images_per_s']:.2f} img/s" if r.get('images_per_s') else ''
     extra = (f"  extra/output {r['extra_over_output']:.2f}x" if 'extra_over_output' in r
              else '')
