@@ -189,9 +189,10 @@ def test_interleaved_timing_groups_cases_and_alternates(monkeypatch):
 
 
 def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
-    """Operator-level cases also get ``time_ms_pipelined`` (``calls`` calls between one pair of
-    synchronisations), in-process and from the CPU timing subprocess; model cases do not."""
-    from mmlrf.analysis.memory import pipelined_ms
+    """Short operator-level calls also get ``time_ms_pipelined`` (``calls`` calls between one
+    pair of synchronisations), in-process and from the CPU timing subprocess; model cases and
+    calls of PIPELINED_MAX_MS or more do not."""
+    from mmlrf.analysis.memory import PIPELINED_MAX_MS, pipelined_ms
     calls = []
     assert pipelined_ms(lambda: calls.append(1), torch.device('cpu'), 4) > 0
     assert len(calls) == 4
@@ -200,7 +201,10 @@ def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
     cases = bm.operator_cases(['ssa_kv'], [64], channels=8, heads=2, v_ratio=1)
     model = bm.model_cases(bm.TOY_CONFIG, ['lrf_dyn'], [(64, 64)])[0]
     assert {c['kind'] for c in cases} == {'operator', 'floor'}
-    assert [bm.timed_pipelined(c) for c in cases + [model]] == [True, True, False]
+    assert [bm.timed_pipelined(dict(c, time_ms=1.0)) for c in cases + [model]] == [
+        True, True, False]
+    assert not bm.timed_pipelined(dict(cases[0], time_ms=PIPELINED_MAX_MS))
+    assert not bm.timed_pipelined(dict(cases[0], time_ms=None))
     row = bm.run_case(cases[0], 'cpu', warmup=0, repeats=2)
     assert row['time_ms_pipelined'] > 0 and 'back to back' in bm.format_row(row)
     timed = bm.time_interleaved(cases, 'cpu', warmup=1, repeats=2)
@@ -215,8 +219,8 @@ def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
 
 def test_bench_dynamics_smoke(tmp_path):
     """``bench_dynamics_gpu.py --smoke`` (CPU, tiny sizes): every path of both dtypes and the
-    parameter path of both parameterisations are timed per call and back to back, and the
-    fast paths match the float64 FFT reference."""
+    parameter path of both parameterisations are timed per call (and back to back, below
+    PIPELINED_MAX_MS), and the fast paths match the float64 FFT reference."""
     out = tmp_path / 'dynamics.json'
     load_tool('analysis/bench_dynamics_gpu').main(
         ['--smoke', '--warmup', '0', '--repeats', '2', '--out', str(out)])
@@ -228,7 +232,10 @@ def test_bench_dynamics_smoke(tmp_path):
         ('float32', 'params fwd+bwd (tridiagonal)'), ('float32', 'scan fwd+bwd'),
         ('bfloat16', 'scan fwd'), ('bfloat16', 'fft fwd+bwd')}
     assert all('error' not in r and 'skipped' not in r for r in rows)
-    assert all(r['ms'] > 0 and r['ms_pipelined'] > 0 for r in rows)
+    from mmlrf.analysis.memory import PIPELINED_MAX_MS
+    assert all(r['ms'] > 0 and ('ms_pipelined' in r) == (r['ms'] < PIPELINED_MAX_MS)
+               and r.get('ms_pipelined', 1) > 0 for r in rows)
+    assert any('ms_pipelined' in r for r in rows)
     tol = {'float32': 1e-5, 'bfloat16': 1e-2}
     assert all(r[e] < tol[r['dtype']] for r in rows for e in ('err_y', 'err_gx') if e in r)
     assert sum('err_y' in r for r in rows) == 4 and sum('err_gx' in r for r in rows) == 4

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .memory import CPU_MEASURE_ENV, MIB, measure, pipelined_ms, time_ms
+from .memory import CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, measure, pipelined_ms, time_ms
 from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
@@ -420,10 +420,12 @@ def _error(e: Exception) -> str:
     return f'{type(e).__name__}: {str(e)[:300]}'
 
 
-def timed_pipelined(case: dict) -> bool:
-    """Whether ``case`` is also timed back to back (``time_ms_pipelined``): the operator-level
-    kinds, whose calls are short enough for the host's per-call work to show in ``time_ms``."""
-    return case['kind'] != 'model'
+def timed_pipelined(result: dict) -> bool:
+    """Whether a timed result is also timed back to back (``time_ms_pipelined``): operator-level
+    kinds whose median call is under :data:`~mmlrf.analysis.memory.PIPELINED_MAX_MS`, short
+    enough for the host's per-call work to show in ``time_ms``."""
+    return (result['kind'] != 'model' and result.get('time_ms') is not None
+            and result['time_ms'] < PIPELINED_MAX_MS)
 
 
 def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
@@ -432,9 +434,9 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
 
     Returns:
         dict: the case plus ``peak_mib`` (peak above the pre-run baseline), ``time_ms``
-        (median), ``times_ms``, ``images_per_s`` (batch / time), for operator-level kinds
-        ``time_ms_pipelined`` (:func:`~mmlrf.analysis.memory.pipelined_ms`), the attribution
-        fields (``weights_mib``, ``inputs_mib``, ``output_mib``, ``analytic_mib``,
+        (median), ``times_ms``, ``images_per_s`` (batch / time), ``time_ms_pipelined``
+        where :func:`timed_pipelined` (:func:`~mmlrf.analysis.memory.pipelined_ms`), the
+        attribution fields (``weights_mib``, ``inputs_mib``, ``output_mib``, ``analytic_mib``,
         ``saved_for_backward_mib``) and, for operators, ``peak_over_output``; or ``error``.
     """
     device = torch.device(device)
@@ -443,8 +445,9 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
     try:
         fn, info = _case_work(case, device)
         result.update(info)
-        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats,
-                              pipelined=timed_pipelined(case)))
+        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
+        if timed_pipelined(result):
+            result['time_ms_pipelined'] = pipelined_ms(fn, device, repeats)
     except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
@@ -468,8 +471,8 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
 
     Returns:
         list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms``,
-        ``images_per_s`` and (operator-level kinds) ``time_ms_pipelined``, measured after the
-        round-robin; or ``error`` (the other cases go on).
+        ``images_per_s`` and, where :func:`timed_pipelined`, ``time_ms_pipelined`` (measured
+        after the round-robin); or ``error`` (the other cases go on).
     """
     device = torch.device(device)
     results, fns = [], []
