@@ -16,7 +16,7 @@ import mmcv
 from mmseg.apis import inference_model, init_model
 from mmseg.visualization import SegLocalVisualizer
 
-from mmlrf.hooks import compile_segmentor, fold_batchnorms, to_channels_last
+from mmlrf.hooks import add_inference_options, chosen_inference_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,15 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help="device, e.g. 'cpu' or 'cuda:0'")
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the painted segmentation, in (0, 1]')
-    parser.add_argument('--fuse-conv-bn', action='store_true',
-                        help='fold every BatchNorm into its conv first (faster; may differ by '
-                        'float rounding)')
-    parser.add_argument('--channels-last', action='store_true',
-                        help='store the conv weights channels-last (lower CPU memory; may '
-                        'differ by float rounding)')
-    parser.add_argument('--compile', action='store_true',
-                        help='run the inference under torch.compile (compiling takes longer '
-                        'than one image; may differ by float rounding)')
+    add_inference_options(parser)
     return parser.parse_args(argv)
 
 
@@ -49,12 +41,8 @@ def main(argv: list[str] | None = None) -> str:
     if not 0 < args.opacity <= 1:
         raise ValueError(f'--opacity must be in (0, 1], got {args.opacity}')
     model = init_model(args.config, args.checkpoint, device=args.device)
-    if args.fuse_conv_bn:
-        fold_batchnorms(model)
-    if args.channels_last:
-        to_channels_last(model)
-    if args.compile:
-        compile_segmentor(model)
+    for option in chosen_inference_options(args):
+        option.apply(model)
     result = inference_model(model, args.img)
     visualizer = SegLocalVisualizer(alpha=args.opacity)
     visualizer.dataset_meta = model.dataset_meta

@@ -18,6 +18,8 @@ import mmlrf  # noqa: E402,F401  (must precede mmseg)
 from mmengine.config import Config  # noqa: E402
 from train import add_custom_hook, build_runner, load_config, parse_common_args  # noqa: E402
 
+from mmlrf.hooks import add_inference_options, chosen_inference_options  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a segmentor (mmlrf)')
@@ -27,16 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--out', help='directory to save predictions for offline evaluation')
     parser.add_argument('--show-dir', help='directory (inside the run dir) to save painted '
                         'predictions')
-    parser.add_argument('--fuse-conv-bn', action='store_true',
-                        help='fold every BatchNorm into its conv before testing (faster; may '
-                        'differ by float rounding)')
-    parser.add_argument('--channels-last', action='store_true',
-                        help='store the conv weights channels-last before testing (lower CPU '
-                        'inference memory; may differ by float rounding)')
-    parser.add_argument('--compile', action='store_true',
-                        help='run inference under torch.compile (compiles at the first batch '
-                        'of each input shape; then faster, less memory; may differ by float '
-                        'rounding)')
+    add_inference_options(parser)
     return parse_common_args(parser, argv)
 
 
@@ -57,11 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.load_from = args.checkpoint
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)
-    for flag, hook_type in ((args.fuse_conv_bn, 'FuseConvBNHook'),
-                            (args.channels_last, 'ChannelsLastHook'),
-                            (args.compile, 'CompileHook')):
-        if flag:
-            add_custom_hook(cfg, hook_type)
+    for option in chosen_inference_options(args):
+        add_custom_hook(cfg, option.hook)
     if args.out:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
