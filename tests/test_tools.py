@@ -8,6 +8,12 @@ import sys
 import cv2
 import pytest
 import torch
+from tool_loading import load_tool
+
+import mmlrf  # noqa: F401  (must precede mmseg)
+from mmseg.registry import HOOKS
+
+from mmlrf.hooks import INFERENCE_OPTIONS, chosen_inference_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY_CONFIG = osp.join(ROOT, 'configs', 'toy', 'fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py')
@@ -70,9 +76,6 @@ def test_train_compile(tmp_path, eager_compile):
     """``train.py --compile`` trains and validates through the compiled training forward and
     inference (``torch.compile`` with its ``eager`` backend to keep this short; the compiled
     numerics are tested in test_configs.py)."""
-    import torch
-    from tool_loading import load_tool
-
     data = str(tmp_path / 'toy')
     _run(osp.join(ROOT, 'tools', 'dataset', 'make_toy_dataset.py'), data, '--num-train', '4',
          '--num-val', '2', '--size', '32', cwd=tmp_path)
@@ -108,8 +111,6 @@ def test_clear_errors_for_missing_files(tmp_path):
                                               ('demo', ['a.png', 'cfg.py', 'ckpt.pth',
                                                         '--out', 'o.png'])])
 def test_inference_flags_shared_by_test_and_demo(tool, positional):
-    from mmlrf.hooks import INFERENCE_OPTIONS, chosen_inference_options
-    from tool_loading import load_tool
     parse = load_tool(tool).parse_args
     assert chosen_inference_options(parse(positional)) == []
     flags = [option.flag for option in INFERENCE_OPTIONS]
@@ -135,9 +136,6 @@ class _ConvBN(torch.nn.Module):
 def test_each_inference_option_hook_equals_its_transform():
     """``tools/test.py`` adds an option's hook, ``tools/demo.py`` calls its ``apply``: the two
     leave the same model."""
-    from mmseg.registry import HOOKS
-
-    from mmlrf.hooks import INFERENCE_OPTIONS
     torch.manual_seed(0)
     for option in INFERENCE_OPTIONS:
         by_hook, by_apply = _ConvBN().eval(), _ConvBN().eval()
