@@ -9,6 +9,7 @@ from torch import nn
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis import energy
+from mmlrf.analysis.memory import PIPELINED_MAX_MS, pipelined_ms
 from mmlrf.neurons import MultiSpike
 from tool_loading import load_tool
 
@@ -192,7 +193,6 @@ def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
     """Short operator-level calls also get ``time_ms_pipelined`` (``calls`` calls between one
     pair of synchronisations), in-process and from the CPU timing subprocess; model cases and
     calls of PIPELINED_MAX_MS or more do not."""
-    from mmlrf.analysis.memory import PIPELINED_MAX_MS, pipelined_ms
     calls = []
     assert pipelined_ms(lambda: calls.append(1), torch.device('cpu'), 4) > 0
     assert len(calls) == 4
@@ -232,7 +232,6 @@ def test_bench_dynamics_smoke(tmp_path):
         ('float32', 'params fwd+bwd (tridiagonal)'), ('float32', 'scan fwd+bwd'),
         ('bfloat16', 'scan fwd'), ('bfloat16', 'fft fwd+bwd')}
     assert all('error' not in r and 'skipped' not in r for r in rows)
-    from mmlrf.analysis.memory import PIPELINED_MAX_MS
     assert all(r['ms'] > 0 and ('ms_pipelined' in r) == (r['ms'] < PIPELINED_MAX_MS)
                and r.get('ms_pipelined', 1) > 0 for r in rows)
     assert any('ms_pipelined' in r for r in rows)
