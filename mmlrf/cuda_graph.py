@@ -16,7 +16,10 @@ class GraphedForward:
     Triton autotuning and other lazy set-up, which cannot happen during capture), then one
     captured call. The model must not synchronise with the host in its forward pass (mmlrf's
     inference path does not; ``parameterization='tridiagonal'`` dynamics would). The graph keeps
-    its own memory pool, about the eager peak of one call, until this object is deleted.
+    its own memory pool, about the eager peak of one call, until this object is deleted. It reads
+    the tensors ``forward`` reaches (parameters, buffers, cached kernel parameters) in place, so
+    this object keeps ``forward``, and with it the model, alive: a replay never reads freed
+    memory, even when the caller drops its own references.
 
     Args:
         forward (Callable[[Tensor], Any]): one inference pass, e.g.
@@ -41,6 +44,7 @@ class GraphedForward:
                              f'{getattr(example, "device", type(example))}')
         if warmup < 1:
             raise ValueError(f'warmup must be >= 1, got {warmup}')
+        self.forward = forward
         self.static_input = example.detach().clone()
         stream = torch.cuda.Stream(example.device)
         stream.wait_stream(torch.cuda.current_stream(example.device))

@@ -372,25 +372,57 @@ def test_tf32_mode_errors(cuda_precision, capsys):
     assert 'invalid choice' in capsys.readouterr().err
 
 
+def run_gpu_suite(out, **env):
+    """``gpu_suite.sh --smoke`` with ``OUT=out`` and the extra environment ``env``."""
+    import subprocess
+    import sys
+    return subprocess.run(['bash', os.path.join(ROOT, 'tools', 'analysis', 'gpu_suite.sh'),
+                           '--smoke'], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OUT=str(out), PYTHON=sys.executable, **env))
+
+
+def suite_archive_files(out):
+    """The names of the files in ``out/suite.tgz``."""
+    import tarfile
+    with tarfile.open(out / 'suite.tgz') as tar:
+        return sorted(os.path.basename(m.name) for m in tar.getmembers() if m.isfile())
+
+
 def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
     """``gpu_suite.sh`` stays within SUITE_BUDGET: with none left, every step is logged as
     SKIPPED (none runs, nothing is written) and the suite still ends with its log."""
-    import subprocess
-    import sys
     out = tmp_path / 'suite'
-    proc = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'analysis', 'gpu_suite.sh'),
-                           '--smoke'], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, SUITE_BUDGET='0', OUT=str(out),
-                                   PYTHON=sys.executable))
+    proc = run_gpu_suite(out, SUITE_BUDGET='0')
     assert proc.returncode == 0, proc.stderr[-2000:]
     skipped = [ln for ln in proc.stdout.splitlines() if ln.endswith('SKIPPED (suite budget '
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
-    assert names == ['dynamics', 'issue5', 'fused', 'compiled', 'tf32_convs', 'profile',
-                     'profile_fused', 'profile_train_official', 'profile_train_lrf_dyn',
-                     'channels_last', 'conv', 'compiled_train']
-    assert sorted(p.name for p in out.iterdir()) == ['suite.log']
+    assert names == ['dynamics', 'issue5', 'tf32_convs', 'tf32_wscap', 'fused', 'compiled',
+                     'profile', 'profile_fused', 'profile_train_official',
+                     'profile_train_lrf_dyn', 'channels_last', 'conv', 'compiled_train']
+    assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
+    assert suite_archive_files(out) == []
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
+
+
+def test_gpu_suite_runs_the_selected_steps_into_one_archive(tmp_path):
+    """SUITE_STEPS runs only the named steps; their files come back in ``suite.tgz`` beside
+    ``suite.log`` (the device returns at most 8 files); an unknown step name is refused before
+    anything is written."""
+    import tarfile
+    out = tmp_path / 'suite'
+    proc = run_gpu_suite(out, SUITE_STEPS='dynamics')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
+    assert suite_archive_files(out) == ['dynamics.json']
+    with tarfile.open(out / 'suite.tgz') as tar:
+        rows = json.load(tar.extractfile('./dynamics.json'))['rows']
+    assert {r['op'] for r in rows} >= {'floor copy', 'scan fwd', 'fft fwd'}
+    log = (out / 'suite.log').read_text()
+    assert '== issue5: not selected (SUITE_STEPS)' in log and '== dynamics (at most' in log
+    bad = run_gpu_suite(tmp_path / 'bad', SUITE_STEPS='dynamics isue5')
+    assert bad.returncode == 2 and "unknown step 'isue5'" in bad.stderr
+    assert not (tmp_path / 'bad').exists()
 
 
 def test_model_args_validation(tmp_path):

@@ -1,8 +1,10 @@
 """CUDA-graph replay of fixed-shape inference (mmlrf.cuda_graph) and its benchmark cases."""
 import contextlib
+import gc
 import os
 import subprocess
 import sys
+import weakref
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import pytest
@@ -96,9 +98,38 @@ def test_graphed_segmentor_equals_eager_for_new_inputs():
         graphed(torch.zeros(1, 3, 32, 32, device='cuda'))
 
 
+def graphed_toy_model() -> tuple[GraphedForward, weakref.ref, torch.Tensor, torch.Tensor]:
+    """A graphed toy LRF-Dyn segmentor whose only reference is the captured forward (as in the
+    benchmark's graphed cases), a weak reference to the model, the frame and its eager output."""
+    model, _, _ = bm.build_variant_model(os.path.join(ROOT, bm.TOY_CONFIG), 'lrf_dyn',
+                                         device='cuda')
+    model.eval()
+    frame = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.no_grad():
+        expect = model(frame, mode='tensor').clone()
+    return (GraphedForward(lambda x: model(x, mode='tensor'), frame), weakref.ref(model), frame,
+            expect)
+
+
+@needs_cuda
+def test_graph_keeps_what_its_replay_reads_alive():
+    """The graph reads the model's parameters in place: with the caller's references gone, the
+    freed memory handed back (empty_cache) and new memory filled with NaN, the model is still
+    alive and a replay equals the eager output. (Before the fix the benchmark's graphed case
+    replayed over freed parameters: an illegal memory access on the H200.)"""
+    graphed, model_ref, frame, expect = graphed_toy_model()
+    gc.collect()
+    torch.cuda.empty_cache()
+    filler = torch.full((64 << 20,), float('nan'), device='cuda')  # 256 MiB
+    assert model_ref() is not None
+    torch.testing.assert_close(graphed(frame), expect)
+    del filler
+
+
 @needs_cuda
 def test_graphed_benchmark_case_reports_its_pool():
     cases = bm.model_cases(os.path.join(ROOT, bm.TOY_CONFIG), ['lrf_dyn'], [(64, 64)],
                            graphed=(True,))
     row = bm.run_case(cases[0], 'cuda', warmup=1, repeats=2)
-    assert 'error' not in row and row['graph_pool_mib'] > 0 and row['time_ms'] > 0
+    assert 'error' not in row, row['error']
+    assert row['graph_pool_mib'] > 0 and row['time_ms'] > 0
