@@ -1,9 +1,11 @@
-"""Command-line arguments shared by the whole-segmentor analysis tools: the config, the attention
-variant(s) that replace the config's attention, and the input size."""
+"""Command-line arguments shared by the whole-segmentor analysis tools (the config, the attention
+variant(s) that replace the config's attention, and the input size) and their report output."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from typing import Callable
 
 import torch
 from mmengine.config import DictAction
@@ -64,3 +66,32 @@ def check_model_args(args: argparse.Namespace) -> tuple[int, int]:
         if variant is not None:
             parse_variant(variant)
     return hw
+
+
+def save_model_report(report: dict, args: argparse.Namespace, hw: tuple[int, int],
+                      formatted: Callable[[dict], str], **fields) -> dict:
+    """Add the run's settings to ``report``, print ``formatted(report)`` and write
+    ``<args.out>.json``.
+
+    Args:
+        report (dict): a tool's measurements; updated in place.
+        args (argparse.Namespace): the arguments of :func:`add_model_args` and ``out``.
+        hw (tuple[int, int]): the resolution ``(H, W)``.
+        formatted (Callable[[dict], str]): the report as text.
+        **fields: further settings to record (e.g. ``fuse_conv_bn``).
+
+    Returns:
+        dict: ``report``, with ``config``, ``variant``, ``resolution``, ``batch``, ``device``
+        (the GPU's name or 'cpu'), ``torch`` and ``fields``.
+    """
+    device = torch.device(args.device)
+    report.update(config=args.config, variant=args.variant, resolution=list(hw),
+                  batch=args.batch, **fields,
+                  device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+                  torch=torch.__version__)
+    print(formatted(report))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + '.json', 'w') as f:
+        json.dump(report, f, indent=1)
+    print(f'wrote {args.out}.json')
+    return report

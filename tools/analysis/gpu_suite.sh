@@ -24,8 +24,10 @@
 # inference, BNs kept / folded, at PyTorch's default precision: TF32 in cuDNN convolutions, fp32
 # matrix products; the issue's official numbers match this setting), tf32_wscap.{json,png} (the
 # same with cuDNN's workspace capped at WSCAP_MIB, default 64, through PyTorch's
-# CUDNN_CONV_WSCAP_DBG), fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the
-# convs, eager / one CUDA graph; the graph's memory is its capture peak, graph_pool_mib),
+# CUDNN_CONV_WSCAP_DBG), memory_tf32.json (that inference's peak per leaf module: the memory in
+# use when each call starts and its transient peak, tools/analysis/module_memory.py),
+# fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs, eager / one CUDA
+# graph; the graph's memory is its capture peak, graph_pool_mib),
 # compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile; compile_s is the
 # compilation), profile{,_fused}.json (where LRF-Dyn's inference time goes),
 # profile_train_{official,lrf_dyn}.json (where an 8x512x512 training step's time goes: forward per
@@ -35,8 +37,8 @@
 # under torch.compile).
 # SUITE_STEPS="name ..." runs only the named steps (the others are logged as not selected), e.g.
 # SUITE_STEPS="graph_tests tf32_wscap" for a short rerun.
-# TF32 is off (fp32 parity) except in tf32_convs; bf16 rows use autocast (models) / bf16
-# tensors (ops).
+# TF32 is off (fp32 parity) except in tf32_convs, tf32_wscap and memory_tf32; bf16 rows use
+# autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SITE_PKGS=(addict ftfy importlib_metadata lazy_importer mmcv mmengine mmpretrain mmseg modelindex
@@ -49,7 +51,10 @@ if [[ "${1:-}" == "--prepare" ]]; then
     fi
     rm -rf .gpu_site && mkdir -p .gpu_site
     for p in "${SITE_PKGS[@]}"; do
-        cp -r "$src/$p" .gpu_site/ || { echo "--prepare: $p is not installed in .venv" >&2; exit 1; }
+        if ! cp -r "$src/$p" .gpu_site/; then
+            echo "--prepare: $p is not installed in .venv" >&2
+            exit 1
+        fi
         cp -r "$src"/"${p}"-*.dist-info .gpu_site/ 2>/dev/null || true
     done
     # dist-info folders spelled differently from the import name
@@ -62,8 +67,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
-STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap fused compiled profile
-       profile_fused profile_train_official profile_train_lrf_dyn channels_last conv compiled_train)
+STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap memory_tf32 fused compiled
+       profile profile_fused profile_train_official profile_train_lrf_dyn channels_last conv compiled_train)
 for name in ${SUITE_STEPS:-}; do
     if [[ " ${STEPS[*]} " != *" $name "* ]]; then
         echo "SUITE_STEPS: unknown step '$name'; the steps are: ${STEPS[*]}" >&2
@@ -142,6 +147,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
         $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
         --fuse-conv-bn --tf32 convs --out "$RAW/tf32_wscap"
+    # which module's call holds the TF32 peak (live memory + its transient, workspaces included)
+    step memory_tf32 $((LIMIT / 3)) $PY tools/analysis/module_memory.py "$MODEL" \
+        --variant lrf_dyn --resolution ${RES_FAST} --device ${DEVICE} --fuse-conv-bn \
+        --tf32 convs --out "$RAW/memory_tf32" | grep -v Warning
     # whole-model inference with every BN folded into its conv (tools/test.py --fuse-conv-bn)
     # and (GPU) replayed as one CUDA graph, every combination in one run
     step fused $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \

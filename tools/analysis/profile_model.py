@@ -16,15 +16,13 @@ Examples::
 Prints the tables and writes ``<out>.json``. fp32 with TF32 off unless ``--tf32 [convs|all]``.
 """
 import argparse
-import json
-import os
 import sys
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import torch
 
 from mmlrf.analysis import benchmark as bm
-from mmlrf.analysis.model_args import add_model_args, check_model_args
+from mmlrf.analysis.model_args import add_model_args, check_model_args, save_model_report
 from mmlrf.analysis.loading import random_label_loss
 from mmlrf.analysis.profile import format_profile, profile_pass
 
@@ -73,17 +71,8 @@ def main(argv=None) -> dict:
         def run() -> None:
             model(images, mode='tensor')
     report = profile_pass(model, run, device, args.iterations, args.warmup, args.top, train)
-    report.update(config=args.config, variant=args.variant, resolution=[height, width],
-                  batch=args.batch, mode=args.mode, fuse_conv_bn=args.fuse_conv_bn,
-                  tf32=args.tf32,
-                  device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-                  torch=torch.__version__)
-    print(format_profile(report))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + '.json', 'w') as f:
-        json.dump(report, f, indent=1)
-    print(f'wrote {args.out}.json')
-    return report
+    return save_model_report(report, args, (height, width), format_profile, mode=args.mode,
+                             fuse_conv_bn=args.fuse_conv_bn, tf32=args.tf32)
 
 
 if __name__ == '__main__':
