@@ -34,7 +34,8 @@ CPU_MEASURE_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536', 'MALLOC_TRIM_THRESHOLD_': 
 PIPELINED_MAX_MS = 50.0
 
 
-def _proc_status_kib(field: str) -> int:
+def proc_status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (e.g. ``'VmRSS'``, ``'VmHWM'``), in KiB (Linux)."""
     with open('/proc/self/status') as f:
         for line in f:
             if line.startswith(field + ':'):
@@ -70,9 +71,9 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
         reset_peak_rss()
-        base = _proc_status_kib('VmRSS')
+        base = proc_status_kib('VmRSS')
         out = fn()
-        peak = _proc_status_kib('VmHWM') - base
+        peak = proc_status_kib('VmHWM') - base
         peak *= 1024
     del out
     return peak / MIB

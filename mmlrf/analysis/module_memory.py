@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .memory import MIB, _proc_status_kib, reset_peak_rss
+from .memory import MIB, proc_status_kib, reset_peak_rss
 
 
 class _Meter:
@@ -40,13 +40,13 @@ class _Meter:
             torch.cuda.reset_peak_memory_stats(self.device)
             return torch.cuda.memory_allocated(self.device)
         reset_peak_rss()
-        return _proc_status_kib('VmRSS') * 1024
+        return proc_status_kib('VmRSS') * 1024
 
     def peak(self) -> int:
         """The peak of the current window."""
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device)
-        return _proc_status_kib('VmHWM') * 1024
+        return proc_status_kib('VmHWM') * 1024
 
     def start(self) -> int:
         """Start a pass; returns the memory in use now."""
