@@ -403,6 +403,10 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
     assert suite_archive_files(out) == []
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
+    # the list SUITE_STEPS is checked against: the steps run, the two GPU-only ones first
+    bad = run_gpu_suite(tmp_path / 'bad', SUITE_STEPS='none')
+    assert bad.stderr.split('the steps are: ')[1].split() == ['kernel_tests', 'graph_tests',
+                                                              *names]
 
 
 def test_gpu_suite_runs_the_selected_steps_into_one_archive(tmp_path):

@@ -34,7 +34,7 @@ CPU_MEASURE_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536', 'MALLOC_TRIM_THRESHOLD_': 
 PIPELINED_MAX_MS = 50.0
 
 
-def proc_status_kib(field: str) -> int:
+def _proc_status_kib(field: str) -> int:
     """A ``kB`` field of ``/proc/self/status`` (e.g. ``'VmRSS'``, ``'VmHWM'``), in KiB (Linux)."""
     with open('/proc/self/status') as f:
         for line in f:
@@ -54,6 +54,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class PeakMeter:
+    """Memory in use and its peaks on one device, in bytes (CUDA: the caching allocator's
+    counters; CPU: ``VmRSS`` / ``VmHWM``, see the module docstring): :meth:`start` begins a
+    measured pass, :meth:`window` a new peak window within it (e.g. one per module call);
+    :meth:`pass_peak` is the highest peak of every window since :meth:`start`."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == 'cuda'
+        self.device = device
+        self.highest = 0
+
+    def _reset(self) -> int:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return torch.cuda.memory_allocated(self.device)
+        reset_peak_rss()
+        return _proc_status_kib('VmRSS') * 1024
+
+    def peak(self) -> int:
+        """The peak of the current window."""
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device)
+        return _proc_status_kib('VmHWM') * 1024
+
+    def start(self) -> int:
+        """Start a pass; returns the memory in use now."""
+        self.highest = in_use = self._reset()
+        return in_use
+
+    def window(self) -> int:
+        """Start a new peak window; returns the memory in use now."""
+        self.highest = max(self.highest, self.peak())
+        return self._reset()
+
+    def pass_peak(self) -> int:
+        """The highest peak since :meth:`start`."""
+        return max(self.highest, self.peak())
+
+
 def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
     """Peak memory of one call of ``fn`` above the memory in use just before it, in MiB.
 
@@ -64,17 +103,11 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        out = fn()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        reset_peak_rss()
-        base = proc_status_kib('VmRSS')
-        out = fn()
-        peak = proc_status_kib('VmHWM') - base
-        peak *= 1024
+    meter = PeakMeter(device)
+    base = meter.start()
+    out = fn()
+    _sync(device)
+    peak = meter.pass_peak() - base
     del out
     return peak / MIB
 

@@ -22,45 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .memory import MIB, proc_status_kib, reset_peak_rss
-
-
-class _Meter:
-    """Memory in use and its peaks on one device, in bytes: :meth:`window` starts a new peak
-    window (one per leaf call); :meth:`pass_peak` is the highest peak of every window since
-    :meth:`start`."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == 'cuda'
-        self.device = device
-        self.highest = 0
-
-    def _reset(self) -> int:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return torch.cuda.memory_allocated(self.device)
-        reset_peak_rss()
-        return proc_status_kib('VmRSS') * 1024
-
-    def peak(self) -> int:
-        """The peak of the current window."""
-        if self.cuda:
-            return torch.cuda.max_memory_allocated(self.device)
-        return proc_status_kib('VmHWM') * 1024
-
-    def start(self) -> int:
-        """Start a pass; returns the memory in use now."""
-        self.highest = in_use = self._reset()
-        return in_use
-
-    def window(self) -> int:
-        """Start a new peak window; returns the memory in use now."""
-        self.highest = max(self.highest, self.peak())
-        return self._reset()
-
-    def pass_peak(self) -> int:
-        """The highest peak since :meth:`start`."""
-        return max(self.highest, self.peak())
+from .memory import MIB, PeakMeter
 
 
 def leaf_memory(model: nn.Module, run: Callable[[], Any], device: torch.device,
@@ -88,7 +50,7 @@ def leaf_memory(model: nn.Module, run: Callable[[], Any], device: torch.device,
     """
     if warmup < 0 or top < 1:
         raise ValueError(f'warmup must be >= 0 and top >= 1, got {warmup} and {top}')
-    meter = _Meter(device)
+    meter = PeakMeter(device)
     rows: dict[str, dict] = {}
     entry: list[int] = []
 

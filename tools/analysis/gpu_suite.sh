@@ -68,7 +68,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 
 STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap memory_tf32 fused compiled
-       profile profile_fused profile_train_official profile_train_lrf_dyn channels_last conv compiled_train)
+       profile profile_fused profile_train_official profile_train_lrf_dyn channels_last conv
+       compiled_train)  # every step below, in order (SUITE_STEPS is checked against it)
 for name in ${SUITE_STEPS:-}; do
     if [[ " ${STEPS[*]} " != *" $name "* ]]; then
         echo "SUITE_STEPS: unknown step '$name'; the steps are: ${STEPS[*]}" >&2
