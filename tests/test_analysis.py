@@ -9,7 +9,7 @@ from torch import nn
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis import energy
-from mmlrf.analysis.memory import PIPELINED_MAX_MS, pipelined_ms
+from mmlrf.analysis.memory import PIPELINED_MAX_MS, cuda_memory_cap, pipelined_ms
 from mmlrf.neurons import MultiSpike
 from tool_loading import load_tool
 
@@ -217,6 +217,58 @@ def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
     assert res['time_ms_pipelined'] == 1.5
 
 
+def test_memory_cap_cases_and_their_errors(monkeypatch, cuda_precision):
+    """--memory-cap-mib: each case again with ``memory_cap_mib``, after every uncapped case, in
+    a ratio group of its own; a cap needs CUDA, is > 0 and is not interleaved."""
+    cases = bm.model_cases(TOY, ['official', 'lrf_dyn'], [(64, 64)], fused=(False, True))
+    both = bm.with_memory_cap(cases, 1192)
+    assert both[:4] == cases and [c.get('memory_cap_mib') for c in both] == [None] * 4 + [1192] * 4
+    assert [{k: v for k, v in c.items() if k != 'memory_cap_mib'} for c in both[4:]] == cases
+    assert bm.group_key(both[4]) == bm.group_key(cases[0]) + ' capped at 1192 MiB'
+    assert len({bm.group_key(c) for c in both}) == 4
+    with pytest.raises(ValueError, match='must be > 0'):
+        bm.with_memory_cap(cases, 0)
+    cpu = torch.device('cpu')
+    with cuda_memory_cap(cpu, None):  # no cap: nothing to check, nothing set
+        pass
+    for cap, message in ((64, 'needs a CUDA device'), (-1, 'must be > 0')):
+        with pytest.raises(ValueError, match=message):
+            with cuda_memory_cap(cpu, cap):
+                pass
+    ops = bm.operator_cases(['ssa_kv'], [64], channels=8, heads=2, v_ratio=1, floor=False)
+    (capped,) = bm.with_memory_cap(ops, 64)[1:]
+    res = bm.run_case(capped, 'cpu', warmup=0, repeats=1)
+    assert 'needs a CUDA device' in res['error'] and 'peak_mib' not in res
+    with pytest.raises(ValueError, match='not interleaved'):
+        bm.time_interleaved([capped], 'cpu')
+    tool = load_tool('analysis/benchmark')
+    monkeypatch.setattr(bm, 'run_benchmark', lambda *a, **k: pytest.fail('must not run'))
+    for argv, message in ((['--memory-cap-mib', '64', '--device', 'cpu'], 'needs a CUDA'),
+                          (['--memory-cap-mib', '64', '--device', 'cuda', '--interleave'],
+                           'one or the other'),
+                          (['--memory-cap-mib', '0', '--device', 'cuda'], 'must be > 0')):
+        with pytest.raises(SystemExit, match=message):
+            tool.main(argv)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_memory_cap_on_cuda_bounds_allocations_and_is_lifted():
+    """Under a cap, an allocation beyond it fails and one within it succeeds; after the block
+    the cap is gone. A capped benchmark case stays within its cap."""
+    dev = torch.device('cuda')
+    mib = 1 << 20
+    with cuda_memory_cap(dev, 64):
+        small = torch.empty(32 * mib, dtype=torch.uint8, device=dev)
+        with pytest.raises(torch.OutOfMemoryError):
+            torch.empty(128 * mib, dtype=torch.uint8, device=dev)
+    del small
+    big = torch.empty(128 * mib, dtype=torch.uint8, device=dev)
+    del big
+    (case,) = bm.with_memory_cap(bm.model_cases(TOY, ['lrf_dyn'], [(128, 128)]), 256)[1:]
+    res = bm.run_case(case, dev, warmup=2, repeats=2)
+    assert 'error' not in res and 0 < res['peak_mib'] <= 256 + 2
+
+
 def test_bench_dynamics_smoke(tmp_path):
     """``bench_dynamics_gpu.py --smoke`` (CPU, tiny sizes): every path of both dtypes and the
     parameter path of both parameterisations are timed per call (and back to back, below
@@ -235,6 +287,8 @@ def test_bench_dynamics_smoke(tmp_path):
     assert all(r['ms'] > 0 and ('ms_pipelined' in r) == (r['ms'] < PIPELINED_MAX_MS)
                and r.get('ms_pipelined', 1) > 0 for r in rows)
     assert any('ms_pipelined' in r for r in rows)
+    assert all(('host_us' in r) == ('ms_pipelined' in r) and r.get('host_us', 1) > 0
+               for r in rows)
     tol = {'float32': 1e-5, 'bfloat16': 1e-2}
     assert all(r[e] < tol[r['dtype']] for r in rows for e in ('err_y', 'err_gx') if e in r)
     assert sum('err_y' in r for r in rows) == 4 and sum('err_gx' in r for r in rows) == 4
@@ -397,8 +451,8 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
     skipped = [ln for ln in proc.stdout.splitlines() if ln.endswith('SKIPPED (suite budget '
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
-    assert names == ['dynamics', 'issue5', 'tf32_convs', 'tf32_wscap', 'memory_tf32', 'fused',
-                     'compiled', 'profile', 'profile_fused', 'profile_train_official',
+    assert names == ['dynamics', 'issue5', 'tf32_convs', 'tf32_wscap', 'tf32_cap', 'memory_tf32',
+                     'fused', 'compiled', 'profile', 'profile_fused', 'profile_train_official',
                      'profile_train_lrf_dyn', 'channels_last', 'conv', 'compiled_train']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
     assert suite_archive_files(out) == []

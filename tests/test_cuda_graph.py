@@ -12,6 +12,7 @@ import torch
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.cuda_graph import GraphedForward
+from tool_loading import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
@@ -133,3 +134,21 @@ def test_graphed_benchmark_case_reports_its_pool():
     row = bm.run_case(cases[0], 'cuda', warmup=1, repeats=2)
     assert 'error' not in row, row['error']
     assert row['graph_pool_mib'] > 0 and row['time_ms'] > 0
+
+
+@needs_cuda
+def test_bench_dynamics_cuda_graph_row_replays_the_forward():
+    """The CUDA-graph row times a replay that recomputes the eager forward of its input."""
+    tool = load_tool('analysis/bench_dynamics_gpu')
+    module = tool.make_module(32, torch.device('cuda'))
+    module.mode = 'triton'
+    x = torch.randn(2, 32, 8, 16, device='cuda')
+    rows = []
+    graphed = tool.graphed_row(module, x, lambda name, fn, extra: rows.append((name, fn)))
+    (name, replay), = rows
+    graphed.static_output.zero_()
+    replay()
+    torch.cuda.synchronize()
+    with torch.no_grad():
+        torch.testing.assert_close(graphed.static_output, module(x))
+    assert name == 'triton fwd (CUDA graph)'

@@ -19,6 +19,10 @@ inference forward, or in training the segmentor's ``loss`` as ``CompileHook`` do
 backward AOTAutograd compiles with it; reported with ``compile_s``, the first call) and
 ``conv_routes`` (default True; False runs every convolution through oneDNN,
 :func:`mmlrf.conv.cpu_routes`).
+Any kind, CUDA only: ``memory_cap_mib`` (the caching allocator is capped at this many MiB above
+what the case holds after its first call, weights and inputs, for the measured calls:
+:func:`~mmlrf.analysis.memory.cuda_memory_cap`; cuDNN then takes convolution algorithms whose
+workspaces fit; see :func:`with_memory_cap`).
 """
 from __future__ import annotations
 
@@ -39,7 +43,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .memory import CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, measure, pipelined_ms, time_ms
+from .memory import (CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, cuda_memory_cap, measure,
+                     pipelined_ms, time_ms)
 from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
@@ -445,9 +450,10 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
     try:
         fn, info = _case_work(case, device)
         result.update(info)
-        result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
-        if timed_pipelined(result):
-            result['time_ms_pipelined'] = pipelined_ms(fn, device, repeats)
+        with cuda_memory_cap(device, case.get('memory_cap_mib')):
+            result.update(measure(fn, device, warmup=max(warmup - 1, 0), repeats=repeats))
+            if timed_pipelined(result):
+                result['time_ms_pipelined'] = pipelined_ms(fn, device, repeats)
     except Exception as e:  # noqa: BLE001  (recorded in the report; the other cases go on)
         if device.type == 'cuda':
             torch.cuda.empty_cache()
@@ -478,6 +484,9 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
     results, fns = [], []
     for case in cases:
         _check_case(case)
+        if case.get('memory_cap_mib') is not None:
+            raise ValueError('a memory cap bounds one case at a time: time capped cases with '
+                             'run_case, not interleaved (every case of a group is alive at once)')
         results.append(dict(case, times_ms=[]))
         try:
             fn, _ = _case_work(case, device)
@@ -620,6 +629,8 @@ def group_key(result: dict) -> str:
         shape = (f"N={result['n_tokens']} C={result['channels']} heads={result['heads']} "
                  f"Cv={result['channels'] * result['v_ratio']} B={result['batch']} "
                  f"T={result['T']}")
+    if result.get('memory_cap_mib') is not None:
+        shape += f" capped at {result['memory_cap_mib']:g} MiB"
     kind = 'operator' if result['kind'] == 'floor' else result['kind']
     return f"{kind} {result['mode']} {result['dtype']} {shape}"
 
@@ -721,6 +732,21 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
             for mode in modes for dtype in dtypes
             for res in resolutions for b in batches
             for v in variants]
+
+
+def with_memory_cap(cases: list[dict], cap_mib: float) -> list[dict]:
+    """``cases``, then each again capped at ``cap_mib`` MiB (``memory_cap_mib``, CUDA).
+
+    The capped twins come last: cuDNN caches the algorithm it chose per convolution shape for
+    the whole process, and a capped case replaces a cached algorithm whose workspace does not
+    fit, which uncapped cases measured after it would then inherit.
+
+    Raises:
+        ValueError: for a cap ≤ 0.
+    """
+    if cap_mib <= 0:
+        raise ValueError(f'the memory cap must be > 0 MiB, got {cap_mib}')
+    return list(cases) + [dict(c, memory_cap_mib=cap_mib) for c in cases]
 
 
 # ----------------------------------------------------------------------------------- reports

@@ -17,9 +17,11 @@ default allocator (:func:`mmlrf.analysis.benchmark.time_interleaved`).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -110,6 +112,38 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
     peak = meter.pass_peak() - base
     del out
     return peak / MIB
+
+
+@contextlib.contextmanager
+def cuda_memory_cap(device: torch.device, cap_mib: float | None) -> Iterator[None]:
+    """Cap ``device``'s caching allocator at the memory it reserves on entry plus ``cap_mib``
+    MiB, for the ``with`` block (``torch.cuda.set_per_process_memory_fraction``, set back to 1
+    on exit; cached blocks are freed first, so the reserve on entry is about what is allocated).
+
+    An allocation beyond the cap raises ``torch.OutOfMemoryError``. PyTorch's cuDNN
+    convolutions catch it while choosing an algorithm and try the next one, so under a cap
+    they take algorithms whose workspaces fit. None: no cap (a no-op).
+
+    Raises:
+        ValueError: for a cap on a non-CUDA device, or a cap ≤ 0.
+    """
+    if cap_mib is None:
+        yield
+        return
+    if cap_mib <= 0:
+        raise ValueError(f'the memory cap must be > 0 MiB, got {cap_mib}')
+    if device.type != 'cuda':
+        raise ValueError(f'a memory cap needs a CUDA device, got {device}')
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    allowed = torch.cuda.memory_reserved(device) + cap_mib * MIB
+    torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:

@@ -7,7 +7,12 @@ For each case (shape, dtype) and each evaluation path (``triton``, ``scan``, ``f
   under ``no_grad`` and forward + backward (``y.backward(g)``, gradients of x and parameters);
   and, for calls under ``PIPELINED_MAX_MS``, the time per call of as many calls back to back
   (``ms_pipelined``, :func:`mmlrf.analysis.memory.pipelined_ms`): there the host's per-call
-  work overlaps the device's, as inside a model, while a synchronised call counts it too;
+  work overlaps the device's, as inside a model, while a synchronised call counts it too; with
+  it the host's time per call alone (``host_us``: median wall time of a call from a synchronised
+  start to its return, no synchronisation after it: Python, dispatch, kernel launches);
+- on CUDA, the ``triton`` forward captured once as a CUDA graph and replayed (``triton fwd
+  (CUDA graph)``: the device work without the host's launch path;
+  :class:`mmlrf.cuda_graph.GraphedForward`, replayed in place, no input copy);
 - the ``triton`` forward + backward without the parameter path (``triton kernels fwd+bwd``),
   and the parameter path alone for each parameterisation (``params fwd+bwd (modal)`` /
   ``(tridiagonal)``: discretisation, plus the diagonalisation for 'tridiagonal'; no tokens);
@@ -97,6 +102,18 @@ class Meter:
                 times.append(1e3 * (time.perf_counter() - t0))
         return statistics.median(times)
 
+    def host_us(self, fn) -> float:
+        """Median host time of one call in µs: from a synchronised start until ``fn`` returns,
+        without waiting for the device."""
+        times = []
+        for _ in range(self.repeats):
+            self.sync()
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e6 * (time.perf_counter() - t0))
+        self.sync()
+        return statistics.median(times)
+
     def peak_extra(self, fn) -> int | None:
         """Peak bytes allocated by ``fn()`` above the current allocation (None on CPU)."""
         if not self.cuda:
@@ -154,6 +171,7 @@ def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float,
             row['ms'] = meter.time_ms(fn)
             if row['ms'] < PIPELINED_MAX_MS:
                 row['ms_pipelined'] = pipelined_ms(fn, device, meter.repeats)
+                row['host_us'] = meter.host_us(fn)
             extra = meter.peak_extra(fn)
             if extra is not None:
                 row['extra_mib'] = (extra - result_bytes) / 2**20
@@ -199,7 +217,18 @@ def bench_case(case: dict, meter: Meter, device: torch.device, deadline: float,
         del xg
         if mode == 'triton':
             kernel_rows(module, x, g, record, out_bytes)
+            graphed_row(module, x, record)
     return rows
+
+
+def graphed_row(module: DendriticDynamics, x: torch.Tensor, record):
+    """``triton fwd (CUDA graph)``: the forward captured once, replayed in place (the captured
+    input is ``x``'s copy and stays put: no copy per call); no extra memory per replay, the
+    graph's pool holds its output. Returns the :class:`~mmlrf.cuda_graph.GraphedForward`."""
+    from mmlrf.cuda_graph import GraphedForward
+    graphed = GraphedForward(module, x)
+    record('triton fwd (CUDA graph)', graphed.graph.replay, 0)
+    return graphed
 
 
 def kernel_rows(module: DendriticDynamics, x: torch.Tensor, g: torch.Tensor, record,
@@ -240,7 +269,8 @@ def format_row(row: dict) -> str:
     mem = (f"{row['extra_mib']:9.1f} MiB ({row['extra_vs_out']:.2f}x out)"
            if 'extra_mib' in row else '        -')
     errs = ' '.join(f'{k}={row[k]:.1e}' for k in ('err_y', 'err_gx') if k in row)
-    piped = (f" ({row['ms_pipelined']:.3f} back to back)" if 'ms_pipelined' in row else '')
+    piped = (f" ({row['ms_pipelined']:.3f} back to back, host {row['host_us']:.0f} µs)"
+             if 'ms_pipelined' in row else '')
     return f"{shape:34s} {row['op']:28s} {row['ms']:9.3f} ms{piped}  extra {mem}  {errs}"
 
 

@@ -32,6 +32,10 @@ Examples::
     # a training-step ratio on a shared machine: time both models round-robin in one process
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train --interleave
+    # LRF-Dyn inference at PyTorch's default precision, again with the allocator capped at
+    # 1192 MiB (1.25 GB) above weights and inputs: cuDNN then picks algorithms that fit (GPU)
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants lrf_dyn --resolution 1024x2048 --tf32 convs --memory-cap-mib 1192
     # LRF-Dyn with the learnable tridiagonal M (re-diagonalised every step) vs the modal default
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn lrf_dyn_tridiagonal --modes train
@@ -105,6 +109,12 @@ def parse_args(argv=None):
     p.add_argument('--cudnn-benchmark', action='store_true',
                    help="let cuDNN pick the fastest conv algorithms (mmseg's runtime default; "
                         'default here: off)')
+    p.add_argument('--memory-cap-mib', type=float, default=None,
+                   help='CUDA: also measure every case with the caching allocator capped at this '
+                        'many MiB above what the case holds before its measured calls (weights, '
+                        'inputs), in the same run after the uncapped cases; cuDNN then takes '
+                        'convolution algorithms whose workspaces fit, and a case that does not '
+                        'fit reports an out-of-memory error')
     p.add_argument('--out', default='work_dirs/benchmark/benchmark',
                    help='output prefix: writes <out>.json and <out>.png')
     return p.parse_args(argv)
@@ -127,6 +137,13 @@ def main(argv=None):
     if args.onednn_convs and args.device != 'cpu':
         sys.exit('error: --onednn-convs compares the CPU conv routes: it needs --device cpu, '
                  f'got {args.device!r}')
+    if args.memory_cap_mib is not None:
+        if not args.device.startswith('cuda'):
+            sys.exit(f'error: --memory-cap-mib caps the CUDA allocator: it needs a CUDA '
+                     f'--device, got {args.device!r}')
+        if args.interleave:
+            sys.exit('error: --memory-cap-mib bounds one case at a time, --interleave keeps '
+                     'every case of a group alive at once: use one or the other')
     if args.preset:
         cases, highlights = bm.preset_cases(args.preset, args.device, args.model_config)
     elif args.config:
@@ -147,6 +164,11 @@ def main(argv=None):
     if args.smoke:
         cases = bm.smoke_cases(cases)
         highlights = [dict(h, case=bm.smoke_cases([h['case']])[0]) for h in highlights or []]
+    if args.memory_cap_mib is not None:
+        try:
+            cases = bm.with_memory_cap(cases, args.memory_cap_mib)
+        except ValueError as err:
+            sys.exit(f'error: --memory-cap-mib: {err}')
     budget = args.budget_mib
     if budget is None and args.device == 'cpu':
         budget = 16000.0

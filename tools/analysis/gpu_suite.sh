@@ -24,8 +24,10 @@
 # inference, BNs kept / folded, at PyTorch's default precision: TF32 in cuDNN convolutions, fp32
 # matrix products; the issue's official numbers match this setting), tf32_wscap.{json,png} (the
 # same with cuDNN's workspace capped at WSCAP_MIB, default 64, through PyTorch's
-# CUDNN_CONV_WSCAP_DBG), memory_tf32.json (that inference's peak per leaf module: the memory in
-# use when each call starts and its transient peak, tools/analysis/module_memory.py),
+# CUDNN_CONV_WSCAP_DBG), tf32_cap.{json,png} (LRF-Dyn's, uncapped and with the allocator capped
+# at CAP_MIB, default 1192 = the 1.25 GB target, above weights and inputs: cuDNN then takes
+# algorithms whose workspaces fit), memory_tf32.json (that inference's peak per leaf module:
+# the memory in use when each call starts and its transient peak, module_memory.py),
 # fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs, eager / one CUDA
 # graph; the graph's memory is its capture peak, graph_pool_mib),
 # compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile; compile_s is the
@@ -37,8 +39,8 @@
 # under torch.compile).
 # SUITE_STEPS="name ..." runs only the named steps (the others are logged as not selected), e.g.
 # SUITE_STEPS="graph_tests tf32_wscap" for a short rerun.
-# TF32 is off (fp32 parity) except in tf32_convs, tf32_wscap and memory_tf32; bf16 rows use
-# autocast (models) / bf16 tensors (ops).
+# TF32 is off (fp32 parity) except in tf32_convs, tf32_wscap, tf32_cap and memory_tf32; bf16 rows
+# use autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SITE_PKGS=(addict ftfy importlib_metadata lazy_importer mmcv mmengine mmpretrain mmseg modelindex
@@ -67,9 +69,9 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
-STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap memory_tf32 fused compiled
-       profile profile_fused profile_train_official profile_train_lrf_dyn channels_last conv
-       compiled_train)  # every step below, in order (SUITE_STEPS is checked against it)
+STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap tf32_cap memory_tf32 fused
+       compiled profile profile_fused profile_train_official profile_train_lrf_dyn channels_last
+       conv compiled_train)  # every step below, in order (SUITE_STEPS is checked against it)
 for name in ${SUITE_STEPS:-}; do
     if [[ " ${STEPS[*]} " != *" $name "* ]]; then
         echo "SUITE_STEPS: unknown step '$name'; the steps are: ${STEPS[*]}" >&2
@@ -88,12 +90,12 @@ if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
     LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=1 DEVICE=cpu GRAPH=()
-    CONV_REPEATS=1
+    CONV_REPEATS=1 CAP=()  # no memory cap on the CPU
     MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
     LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
-    GRAPH=(--cuda-graph) CONV_REPEATS=5
+    GRAPH=(--cuda-graph) CONV_REPEATS=5 CAP=(--memory-cap-mib "${CAP_MIB:-1192}")
 fi
 BUDGET=${SUITE_BUDGET:-$([[ -n "${SMOKE}" ]] && echo 3600 || echo 540)}
 START=$SECONDS
@@ -148,6 +150,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
         $PY tools/analysis/benchmark.py --config "$MODEL" \
         --variants official lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
         --fuse-conv-bn --tf32 convs --out "$RAW/tf32_wscap"
+    # LRF-Dyn's, again under a memory cap of the target: the speed of what fits in 1.25 GB
+    step tf32_cap $((LIMIT / 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
+        --fuse-conv-bn --tf32 convs "${CAP[@]}" --out "$RAW/tf32_cap"
     # which module's call holds the TF32 peak (live memory + its transient, workspaces included)
     step memory_tf32 $((LIMIT / 3)) $PY tools/analysis/module_memory.py "$MODEL" \
         --variant lrf_dyn --resolution ${RES_FAST} --device ${DEVICE} --fuse-conv-bn \
