@@ -43,8 +43,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .memory import (CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, cuda_memory_cap, measure,
-                     pipelined_ms, time_ms)
+from .memory import (CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, check_memory_cap, cuda_memory_cap,
+                     measure, pipelined_ms, time_ms)
 from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
@@ -744,8 +744,7 @@ def with_memory_cap(cases: list[dict], cap_mib: float) -> list[dict]:
     Raises:
         ValueError: for a cap ≤ 0.
     """
-    if cap_mib <= 0:
-        raise ValueError(f'the memory cap must be > 0 MiB, got {cap_mib}')
+    check_memory_cap(cap_mib)
     return list(cases) + [dict(c, memory_cap_mib=cap_mib) for c in cases]
 
 

@@ -95,16 +95,28 @@ class PeakMeter:
         return max(self.highest, self.peak())
 
 
+def release_garbage(device: torch.device) -> None:
+    """Collect Python garbage and, on CUDA, wait for the device and hand the caching
+    allocator's free blocks back, so the memory in use now is what live objects hold."""
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def check_memory_cap(cap_mib: float) -> None:
+    """Raise ``ValueError`` unless ``cap_mib`` (a :func:`cuda_memory_cap`) is > 0."""
+    if cap_mib <= 0:
+        raise ValueError(f'the memory cap must be > 0 MiB, got {cap_mib}')
+
+
 def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
     """Peak memory of one call of ``fn`` above the memory in use just before it, in MiB.
 
     The result of ``fn`` is held until the peak is read, so it counts (an output is part of
     the run's memory).
     """
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+    release_garbage(device)
     meter = PeakMeter(device)
     base = meter.start()
     out = fn()
@@ -130,13 +142,10 @@ def cuda_memory_cap(device: torch.device, cap_mib: float | None) -> Iterator[Non
     if cap_mib is None:
         yield
         return
-    if cap_mib <= 0:
-        raise ValueError(f'the memory cap must be > 0 MiB, got {cap_mib}')
+    check_memory_cap(cap_mib)
     if device.type != 'cuda':
         raise ValueError(f'a memory cap needs a CUDA device, got {device}')
-    gc.collect()
-    torch.cuda.synchronize(device)
-    torch.cuda.empty_cache()
+    release_garbage(device)
     total = torch.cuda.get_device_properties(device).total_memory
     allowed = torch.cuda.memory_reserved(device) + cap_mib * MIB
     torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), device)
