@@ -23,7 +23,7 @@ from ..attention import SpikingAttention
 from ..attention.dynamics import DYNAMICS_MODES
 from ..attention.lrf_dyn import set_dynamics_mode
 from ..layers import ConvBN, check_positive_int, conv_bn
-from ..neurons import build_neuron
+from ..neurons import build_neuron, spike_temporary
 from ..neurons.multispike import spike_code_sharing
 
 #: Widths ``[C0, C1, C2, C3]`` of the official sizes (see :class:`SDTV3` for the sources).
@@ -72,9 +72,9 @@ class SepConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` → ``[T, B, C, H, W]``."""
-        x = self.pwconv1(self.spike1(x))
-        x = self.dwconv(self.spike2(x))
-        return self.pwconv2(self.spike3(x))
+        x = self.pwconv1(self.spike1(x))  # the temporaries are spiked in place at inference
+        x = self.dwconv(spike_temporary(self.spike2, x))
+        return self.pwconv2(spike_temporary(self.spike3, x))
 
 
 class ConvBlock(nn.Module):
@@ -104,7 +104,7 @@ class ConvBlock(nn.Module):
         """``[T, B, C, H, W]`` → ``[T, B, C, H, W]``."""
         x = x + self.Conv(x)
         y = conv_bn(self.conv1, self.bn1, self.spike1(x))
-        y = conv_bn(self.conv2, self.bn2, self.spike2(y))
+        y = conv_bn(self.conv2, self.bn2, spike_temporary(self.spike2, y))
         return x + y
 
 
@@ -131,7 +131,7 @@ class SpikingMLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` → ``[T, B, C, H, W]``."""
         x = conv_bn(self.fc1_conv, self.fc1_bn, self.fc1_spike(x))
-        return conv_bn(self.fc2_conv, self.fc2_bn, self.fc2_spike(x))
+        return conv_bn(self.fc2_conv, self.fc2_bn, spike_temporary(self.fc2_spike, x))
 
 
 class TransformerBlock(nn.Module):

@@ -11,7 +11,11 @@ from torch import Tensor, nn
 
 from ..conv import RoutedConv2d
 from ..neurons import build_neuron
-from .spiking_fpn_neck import spike_map
+from .spiking_fpn_neck import release, releases_inputs, spike_map
+
+#: A level's full-resolution map is added to the sum over this many channel chunks, so only
+#: one chunk of it exists at a time (bilinear resizing is per channel: the same sum).
+ADD_CHUNKS = 4
 
 
 class SpikeConvBN(nn.Sequential):
@@ -53,9 +57,10 @@ class SpikingFPNHead(BaseDecodeHead):
     Level i runs ``max(1, log2(s_i / s_0))`` stages ``spike → conv3x3 (no bias) → BN``, each
     stage of levels ≥ 1 followed by a bilinear ×2 upsample; the levels are then summed in real
     values after a bilinear resize to level 0's size (a no-op when sizes match, a genuine resize
-    for inputs whose sides are not multiples of the total stride), spiked (``out_spike``) and
-    classified by ``conv_seg`` (1×1 with bias). Logits come out at level 0's resolution, i.e.
-    stride 2 with the SDT-V3 backbone.
+    for inputs whose sides are not multiples of the total stride; each level's last upsample
+    and resize run over :data:`ADD_CHUNKS` channel chunks added in place), spiked
+    (``out_spike``) and classified by ``conv_seg`` (1×1 with bias). Logits come out at level
+    0's resolution, i.e. stride 2 with the SDT-V3 backbone.
 
     Submodule names follow the official code (``scale_heads.i.j.{0,1,2}``, ``out_spike``,
     ``conv_seg``).
@@ -70,6 +75,11 @@ class SpikingFPNHead(BaseDecodeHead):
         dropout_ratio (float): dropout before ``conv_seg`` (applied on the spikes while
             training). The official head builds a 0.1 dropout but never applies it, so the
             default 0 reproduces it.
+        release_inputs (bool): at inference (autograd off), spike each input level in place and
+            empty it (:func:`~mmlrf.heads.spiking_fpn_neck.release`) once its first conv has
+            read it: the stride-2 level's 3×3 conv then runs without a second copy of its
+            input. The caller's tensors come back empty: only for pipelines that do not read
+            them again (mmseg's ``EncoderDecoder``). Default False.
         **kwargs: :class:`BaseDecodeHead` arguments (``in_channels`` (one entry per level, each
             equal to ``channels``), ``channels``, ``num_classes``, ``in_index``,
             ``align_corners``, ``loss_decode``, …). ``input_transform`` is always
@@ -84,6 +94,7 @@ class SpikingFPNHead(BaseDecodeHead):
                  feature_strides: Sequence[int] = (2, 4, 8, 16),
                  neuron: dict = dict(type='MultiSpike', max_value=4, norm=4),
                  dropout_ratio: float = 0.0,
+                 release_inputs: bool = False,
                  **kwargs) -> None:
         if kwargs.get('input_transform', 'multiple_select') != 'multiple_select':
             raise ValueError("input_transform must be 'multiple_select' (the only allowed "
@@ -102,6 +113,11 @@ class SpikingFPNHead(BaseDecodeHead):
             raise ValueError(f'in_channels must all equal channels={self.channels} (the convs '
                              f'take `channels` inputs), got {self.in_channels}')
         self.feature_strides = strides
+        if release_inputs and len(set(self.in_index)) != len(self.in_index):
+            raise ValueError('release_inputs needs distinct in_index entries (a level read '
+                             f'twice cannot be emptied after its first read), got '
+                             f'{self.in_index}')
+        self.release_inputs = release_inputs
         # BaseDecodeHead's 1x1 classifier, rebuilt as a RoutedConv2d (same parameters and init)
         self.conv_seg = RoutedConv2d(self.channels, self.out_channels, 1)
         self.scale_heads = nn.ModuleList()
@@ -118,13 +134,13 @@ class SpikingFPNHead(BaseDecodeHead):
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         """Neck levels ``[B, channels, H_i, W_i]`` → logits ``[B, num_classes, H_0, W_0]``."""
         x = self._transform_inputs(inputs)
-        out = self._scale_head(self.scale_heads[0], x[0])
+        free = releases_inputs(self.release_inputs)
+        out = self._scale_head(self.scale_heads[0], x[0], free)
         for level, head in zip(x[1:], self.scale_heads[1:]):
-            y = self._scale_head(head, level)
-            if y.shape[-2:] != out.shape[-2:]:
-                y = F.interpolate(y, size=out.shape[-2:], mode='bilinear',
-                                  align_corners=self.align_corners)
-            out += y  # `out` is a temporary nothing saved: sum in place
+            layers = list(head)
+            upsample = layers.pop() if isinstance(layers[-1], Upsample2x) else None
+            y = self._scale_head(layers, level, free)
+            self._add_resized(out, y, upsample)
             del y
         spikes = spike_map(self.out_spike, out, inplace=True)
         del out
@@ -133,9 +149,30 @@ class SpikingFPNHead(BaseDecodeHead):
         return self.conv_seg(spikes)
 
     @staticmethod
-    def _scale_head(head: nn.Sequential, x: Tensor) -> Tensor:
+    def _scale_head(head: Sequence[nn.Module], x: Tensor, free: bool) -> Tensor:
         """Run one level's stages; every stage but the first spikes a temporary (in place at
-        inference)."""
+        inference), the first spikes the input in place and empties it when ``free``."""
         for j, layer in enumerate(head):
-            x = layer(x, inplace=j > 0) if isinstance(layer, SpikeConvBN) else layer(x)
+            if not isinstance(layer, SpikeConvBN):
+                x = layer(x)
+                continue
+            y = layer(x, inplace=j > 0 or free)
+            if j == 0 and free:
+                release(x)
+            x = y
         return x
+
+    def _add_resized(self, out: Tensor, y: Tensor, upsample: Upsample2x | None) -> None:
+        """``out += resize(upsample(y))`` in place, over :data:`ADD_CHUNKS` channel chunks
+        (``resize``: bilinear to ``out``'s size where it differs). ``out`` ``[B, C, H, W]``,
+        ``y`` ``[B, C, h, w]``."""
+        step = -(-y.shape[1] // ADD_CHUNKS)
+        for c in range(0, y.shape[1], step):
+            part = y[:, c:c + step]
+            if upsample is not None:
+                part = upsample(part)
+            if part.shape[-2:] != out.shape[-2:]:
+                part = F.interpolate(part, size=out.shape[-2:], mode='bilinear',
+                                     align_corners=self.align_corners)
+            out[:, c:c + step] += part  # `out` is a temporary nothing saved: sum in place
+            del part

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..layers import ConvBN
-from ..neurons import build_neuron
+from ..neurons import build_neuron, spike_temporary
 
 
 def nearest_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -26,11 +27,24 @@ def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
     """Apply a neuron to a real-valued map ``[B, C, H, W]`` as the single step ``[1, B, C, H, W]``
     of the multi-step layout; returns ``[B, C, H, W]``.
 
-    ``inplace=True`` lets a :class:`~mmlrf.neurons.MultiSpike` overwrite ``x`` when autograd
-    does not record the call (inference); only for maps nothing else reads later.
+    ``inplace=True``: ``x`` is a temporary, see :func:`~mmlrf.neurons.spike_temporary`; only
+    for maps nothing else reads later.
     """
     x = x.unsqueeze(0)
-    return (neuron(x, inplace=True) if inplace else neuron(x)).squeeze(0)
+    return (spike_temporary(neuron, x) if inplace else neuron(x)).squeeze(0)
+
+
+def releases_inputs(release_inputs: bool) -> bool:
+    """Whether a module built with ``release_inputs`` frees its input maps in this call: only
+    when autograd does not record it (inference) and outside ``torch.compile``'s tracing."""
+    return release_inputs and not torch.is_grad_enabled() and \
+        not torch.compiler.is_compiling()
+
+
+def release(x: Tensor) -> None:
+    """Empty the caller's tensor ``x`` (``x.set_()``: it becomes a 0-element tensor); its memory
+    is freed unless another tensor views it."""
+    x.set_()
 
 
 def spike_conv_bn(pair: ConvBN, spikes: Tensor) -> Tensor:
@@ -58,6 +72,11 @@ class SpikingFPN(BaseModule):
             are not part of the official neck). None means ``len(in_channels)``.
         neuron (dict): neuron config. Official: ``MultiSpike`` with D = 4 and ``norm`` = the
             config's ``T`` (4), i.e. ``dict(type='MultiSpike', max_value=4, norm=4)``.
+        release_inputs (bool): at inference (autograd off), spike each input map in place and
+            empty it (:func:`release`) once its lateral conv has read it, so the backbone's
+            maps are freed before the big stride-2 conv runs. The caller's tensors come back
+            empty: only for pipelines that do not read them again (mmseg's
+            ``EncoderDecoder``). Default False.
         init_cfg (dict | list[dict] | None): mmengine init config.
 
     Shapes: input a sequence of ``[B, in_channels[i], H_i, W_i]``; output a tuple of
@@ -69,8 +88,10 @@ class SpikingFPN(BaseModule):
                  out_channels: int,
                  num_outs: int | None = None,
                  neuron: dict = dict(type='MultiSpike', max_value=4, norm=4),
+                 release_inputs: bool = False,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(init_cfg)
+        self.release_inputs = release_inputs
         in_channels = list(in_channels)
         if not in_channels:
             raise ValueError('in_channels must be a non-empty sequence of channel counts')
@@ -92,8 +113,12 @@ class SpikingFPN(BaseModule):
         if len(inputs) != len(self.in_channels):
             raise ValueError(f'SpikingFPN expects {len(self.in_channels)} levels, '
                              f'got {len(inputs)}')
-        laterals = [spike_conv_bn(conv, spike_map(spike, x)) for conv, spike, x in
-                    zip(self.lateral_convs, self.lateral_convs_spikes, inputs)]
+        free = releases_inputs(self.release_inputs)
+        laterals = []
+        for conv, spike, x in zip(self.lateral_convs, self.lateral_convs_spikes, inputs):
+            laterals.append(spike_conv_bn(conv, spike_map(spike, x, inplace=free)))
+            if free:
+                release(x)
         for i in range(len(laterals) - 1, 0, -1):
             # in place: a batch-norm output that nothing saved (same sum, no new map)
             laterals[i - 1] += nearest_resize(laterals[i], laterals[i - 1].shape[-2:])

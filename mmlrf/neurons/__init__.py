@@ -1,7 +1,7 @@
 """Spiking neurons. Every neuron maps a tensor to spikes of the same shape and has ``reset()``."""
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..registry import build_component
 from .layout import check_multistep
@@ -24,5 +24,12 @@ def build_neuron(cfg: dict, **overrides) -> nn.Module:
     return build_component({**cfg, **overrides})
 
 
-__all__ = ['MultiStepLIF', 'MultiSpike', 'spike', 'check_multistep', 'build_neuron',
-           'NEURON_TYPES']
+def spike_temporary(neuron: nn.Module, x: Tensor) -> Tensor:
+    """``neuron(x)`` for an ``x`` that nothing reads afterwards: a :class:`MultiSpike`
+    overwrites ``x`` with its spikes when autograd does not record the call (inference); other
+    neurons allocate their output as usual."""
+    return neuron(x, inplace=True) if isinstance(neuron, MultiSpike) else neuron(x)
+
+
+__all__ = ['MultiStepLIF', 'MultiSpike', 'spike', 'spike_temporary', 'check_multistep',
+           'build_neuron', 'NEURON_TYPES']

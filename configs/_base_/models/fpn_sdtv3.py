@@ -20,7 +20,11 @@ model = dict(
         attn=dict(type='SSA', order='qk'),
         out_indices=(0, 1, 2, 3)),
     # Neck and head neurons: MultiSpike D=4 normalised by T=4 (official QFPN / QFPNHead).
-    neck=dict(type='SpikingFPN', in_channels=[32, 64, 128, 360], out_channels=128, num_outs=4),
+    # release_inputs: at inference the neck and the head empty the maps they are given once
+    # read (the backbone's, the neck's), so their memory is freed early; EncoderDecoder never
+    # reads them again. Turn it off to read those maps after the head has run.
+    neck=dict(type='SpikingFPN', in_channels=[32, 64, 128, 360], out_channels=128, num_outs=4,
+              release_inputs=True),
     decode_head=dict(
         type='SpikingFPNHead',
         in_channels=[128, 128, 128, 128],
@@ -29,6 +33,7 @@ model = dict(
         channels=128,
         # The official head builds a 0.1 dropout but never applies it: 0 reproduces it.
         dropout_ratio=0.0,
+        release_inputs=True,
         num_classes=150,
         align_corners=False,
         loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0)),
