@@ -235,6 +235,23 @@ def test_fuse_conv_bn_keeps_the_function(paths):
 
 
 @pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
+def test_lean_inference_keeps_the_function(paths):
+    """Inference (autograd off: spikes of temporaries in place, and with the spiking FPN the
+    neck and head releasing the maps they read) gives exactly the recorded forward's output,
+    in every model family. Every spiking-FPN config turns the release on."""
+    model_cfg = shrink_model(_load(paths[0]).model)
+    model = MODELS.build(model_cfg).eval()
+    _randomise_batchnorms(model)
+    if model_cfg.get('neck', {}).get('type') == 'SpikingFPN':
+        assert model.neck.release_inputs and model.decode_head.release_inputs
+    images = torch.rand(2, 3, SIZE, SIZE)
+    recorded = model(images.clone().requires_grad_(), mode='tensor')
+    with torch.no_grad():
+        got = model(images, mode='tensor')
+    assert torch.equal(got, recorded.detach())
+
+
+@pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
 def test_channels_last_keeps_the_function(paths):
     """``ChannelsLastHook`` stores every conv weight channels-last, the activations follow, and
     the eval-mode output is unchanged up to float rounding, in every model family."""
