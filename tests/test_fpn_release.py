@@ -84,6 +84,24 @@ def test_release_is_off_while_autograd_records_and_by_default():
         assert all(t.numel() > 0 for t in mid)
 
 
+def test_release_under_inference_mode_and_of_inference_tensors():
+    """Inside ``torch.inference_mode`` the maps are released as under ``no_grad``. Maps made
+    in inference mode but passed in outside it cannot be changed (PyTorch refuses): they are
+    read without in-place spikes and left as they are."""
+    feats = features((32, 48))
+    neck, head = build(release=True)
+    with torch.no_grad():
+        expected = head(neck([f.clone() for f in feats]))
+    with torch.inference_mode():
+        given = [f.clone() for f in feats]
+        assert torch.equal(head(neck(given)), expected)
+        assert all(t.numel() == 0 for t in given)
+        frozen = [f.clone() for f in feats]
+    with torch.no_grad():
+        assert torch.equal(head(neck(frozen)), expected)
+    assert all(torch.equal(a, b) for a, b in zip(frozen, feats))
+
+
 def test_released_map_viewed_elsewhere_keeps_its_memory():
     """``release`` drops only the module's reference: a view held by the caller stays valid."""
     feats = features((32, 48))

@@ -10,7 +10,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..layers import ConvBN
-from ..neurons import build_neuron, spike_temporary
+from ..neurons import build_neuron, spike_temporary, writable
 
 
 def nearest_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -43,8 +43,10 @@ def releases_inputs(release_inputs: bool) -> bool:
 
 def release(x: Tensor) -> None:
     """Empty the caller's tensor ``x`` (``x.set_()``: it becomes a 0-element tensor); its memory
-    is freed unless another tensor views it."""
-    x.set_()
+    is freed unless another tensor views it. An inference-mode tensor outside
+    ``torch.inference_mode`` cannot be changed and is left as it is."""
+    if writable(x):
+        x.set_()
 
 
 def spike_conv_bn(pair: ConvBN, spikes: Tensor) -> Tensor:
