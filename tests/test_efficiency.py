@@ -88,6 +88,12 @@ def test_multispike_inplace_only_without_autograd():
     z = x.clone().requires_grad_()
     out = MultiSpike()(z, inplace=True)  # recorded by autograd: the input is kept
     assert out.data_ptr() != z.data_ptr() and torch.equal(z, x)
+    with torch.inference_mode():
+        frozen = x.clone()
+    with torch.no_grad():  # an inference tensor outside inference mode cannot be changed
+        out = MultiSpike()(frozen, inplace=True)
+    assert out.data_ptr() != frozen.data_ptr() and torch.equal(out, ref)
+    assert torch.equal(frozen, x)
 
 
 # -------------------------------------------------------------------------- spike-aware convs

@@ -175,4 +175,3 @@ class SpikingFPNHead(BaseDecodeHead):
                 part = F.interpolate(part, size=out.shape[-2:], mode='bilinear',
                                      align_corners=self.align_corners)
             out[:, c:c + step] += part  # `out` is a temporary nothing saved: sum in place
-            del part

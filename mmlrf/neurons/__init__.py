@@ -1,13 +1,12 @@
 """Spiking neurons. Every neuron maps a tensor to spikes of the same shape and has ``reset()``."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..registry import build_component
 from .layout import check_multistep
 from .lif import MultiStepLIF
-from .multispike import MultiSpike
+from .multispike import MultiSpike, writable
 from .surrogate import spike
 
 NEURON_TYPES = ('MultiStepLIF', 'MultiSpike')
@@ -25,22 +24,11 @@ def build_neuron(cfg: dict, **overrides) -> nn.Module:
     return build_component({**cfg, **overrides})
 
 
-def writable(x: Tensor) -> bool:
-    """Whether ``x`` may be changed in place here: not an inference-mode tensor outside
-    ``torch.inference_mode`` (PyTorch refuses those updates). Always True while
-    ``torch.compile`` traces (Dynamo cannot trace ``is_inference``; it rewrites in-place
-    updates itself)."""
-    return torch.compiler.is_compiling() or not x.is_inference() or \
-        torch.is_inference_mode_enabled()
-
-
 def spike_temporary(neuron: nn.Module, x: Tensor) -> Tensor:
     """``neuron(x)`` for an ``x`` that nothing reads afterwards: a :class:`MultiSpike`
-    overwrites ``x`` with its spikes when autograd does not record the call (inference) and
-    ``x`` is :func:`writable`; other neurons allocate their output as usual."""
-    if isinstance(neuron, MultiSpike) and writable(x):
-        return neuron(x, inplace=True)
-    return neuron(x)
+    overwrites ``x`` with its spikes where it can (``inplace=True``); other neurons allocate
+    their output as usual."""
+    return neuron(x, inplace=True) if isinstance(neuron, MultiSpike) else neuron(x)
 
 
 __all__ = ['MultiStepLIF', 'MultiSpike', 'spike', 'spike_temporary', 'writable',

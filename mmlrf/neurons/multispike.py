@@ -16,6 +16,15 @@ MAX_CODE_LEVEL = INSIDE_BIT - 1
 _SHARE_CODES = [True]
 
 
+def writable(x: Tensor) -> bool:
+    """Whether ``x`` may be changed in place here: not an inference-mode tensor outside
+    ``torch.inference_mode`` (PyTorch refuses those updates). Always True while
+    ``torch.compile`` traces (Dynamo cannot trace ``is_inference``; it rewrites in-place
+    updates itself)."""
+    return torch.compiler.is_compiling() or not x.is_inference() or \
+        torch.is_inference_mode_enabled()
+
+
 @contextlib.contextmanager
 def spike_code_sharing(enabled: bool) -> Iterator[None]:
     """Enable / disable handing a neuron's ``uint8`` spike code to the convs that consume its
@@ -164,10 +173,12 @@ class MultiSpike(nn.Module):
         Args:
             x (Tensor): membrane input.
             inplace (bool): overwrite ``x`` with its spikes when autograd does not record this
-                call (inference); ignored otherwise. Only for inputs nothing else reads later.
+                call (inference) and ``x`` is :func:`writable`; ignored otherwise. Only for
+                inputs nothing else reads later.
         """
         if not (torch.is_grad_enabled() and x.requires_grad):
-            out = x.clamp_(0, self.max_value) if inplace else torch.clamp(x, 0, self.max_value)
+            out = (x.clamp_(0, self.max_value) if inplace and writable(x)
+                   else torch.clamp(x, 0, self.max_value))
             return out.round_().div_(self.norm)
         if self.max_value > MAX_CODE_LEVEL:
             return _RoundClampSTE.apply(x, float(self.max_value)) / self.norm
