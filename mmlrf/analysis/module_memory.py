@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .memory import MIB, PeakMeter
+from .memory import MIB, PeakMeter, release_garbage
 
 
 def leaf_memory(model: nn.Module, run: Callable[[], Any], device: torch.device,
@@ -71,9 +71,7 @@ def leaf_memory(model: nn.Module, run: Callable[[], Any], device: torch.device,
     with torch.no_grad():
         for _ in range(warmup):
             run()
-        if meter.cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.empty_cache()
+        release_garbage(device)
         handles = []
         for name, module in model.named_modules():
             if next(module.children(), None) is None:
