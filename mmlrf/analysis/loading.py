@@ -15,8 +15,11 @@ def init_mmseg() -> None:
 
 
 def load_model(config: str, checkpoint: str | None = None, cfg_options: dict | None = None,
-               device: str = 'cpu') -> tuple[nn.Module, object]:
+               device: str = 'cpu', seed: int = 0) -> tuple[nn.Module, object]:
     """``MODELS.build(cfg.model)``, weights from ``checkpoint`` (strict), in eval mode.
+
+    The model is built after ``torch.manual_seed(seed)``: without a checkpoint its random
+    initial weights, and so every number measured on them, are the same in every run.
 
     Returns:
         (model, cfg)
@@ -28,6 +31,7 @@ def load_model(config: str, checkpoint: str | None = None, cfg_options: dict | N
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    torch.manual_seed(seed)
     model = MODELS.build(cfg.model)
     if checkpoint:
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)

@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument('--e-mac', type=float, default=energy.E_MAC_PJ, help='pJ per MAC')
     p.add_argument('--e-ac', type=float, default=energy.E_AC_PJ, help='pJ per accumulate')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the initial weights (what is measured without a checkpoint)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--out', default='work_dirs/energy/energy', help='writes <out>.json/.png')
     return p.parse_args(argv)
@@ -33,13 +35,15 @@ def main(argv=None):
     import json
     import os
     args = parse_args(argv)
-    model, cfg = load_model(args.config, args.checkpoint, args.cfg_options, args.device)
+    model, cfg = load_model(args.config, args.checkpoint, args.cfg_options, args.device,
+                            args.seed)
     batches, source = image_batches(model, cfg, args.num_images, args.batch_size,
                                     args.data_root, tuple(args.size) if args.size else None,
                                     args.device)
     report = energy.measure_energy(model, batches, args.e_mac, args.e_ac,
                                    forward=lambda m, x: m(x, mode='tensor'))
-    report.update(config=args.config, checkpoint=args.checkpoint, images_source=source)
+    report.update(config=args.config, checkpoint=args.checkpoint, seed=args.seed,
+                  images_source=source)
     print(energy.format_table(report))
     print(f'images: {source}')
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

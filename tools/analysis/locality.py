@@ -24,6 +24,8 @@ def parse_args(argv=None):
     p.add_argument('--max-tokens', type=int, default=1024, help='skip larger attention maps')
     p.add_argument('--data-root', default=None)
     p.add_argument('--size', type=int, nargs=2, default=None, metavar=('H', 'W'))
+    p.add_argument('--seed', type=int, default=0,
+                   help='seed of the initial weights (what is measured without a checkpoint)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--out', default='work_dirs/locality/locality', help='writes <out>.json/.png')
     return p.parse_args(argv)
@@ -39,13 +41,13 @@ def main(argv=None):
     if args.variant:
         mixer, _ = benchmark.parse_variant(args.variant)
         options[args.attn_key] = mixer
-    model, cfg = load_model(args.config, args.checkpoint, options)
+    model, cfg = load_model(args.config, args.checkpoint, options, seed=args.seed)
     batches, source = image_batches(model, cfg, args.num_images, args.num_images,
                                     args.data_root, tuple(args.size) if args.size else None)
     images = torch.cat(list(batches))
     report = locality.analyse_model(model, images, args.max_tokens, args.num_images)
-    report.update(config=args.config, checkpoint=args.checkpoint, variant=args.variant,
-                  images_source=source)
+    report.update(config=args.config, checkpoint=args.checkpoint, seed=args.seed,
+                  variant=args.variant, images_source=source)
     for r in report['layers']:
         print(f"{r['name']:<40} {r['mixer']:<10} grid {r['grid']}: " +
               (r['skipped'] if 'skipped' in r else
