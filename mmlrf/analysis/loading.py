@@ -2,6 +2,7 @@
 targets for the analysis tools."""
 from __future__ import annotations
 
+import argparse
 from typing import Callable, Iterator
 
 import torch
@@ -36,6 +37,22 @@ def load_model(config: str, checkpoint: str | None = None, cfg_options: dict | N
     if checkpoint:
         load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     return model.to(device).eval(), cfg
+
+
+def add_loading_args(parser: argparse.ArgumentParser) -> None:
+    """Add what :func:`load_model` and :func:`image_batches` take: ``config``, an optional
+    ``checkpoint``, ``--data-root``, ``--size``, ``--seed`` and ``--cfg-options``."""
+    from mmengine.config import DictAction
+    parser.add_argument('config', help='segmentor config')
+    parser.add_argument('checkpoint', nargs='?', default=None,
+                        help='weights (default: random initial weights, see --seed)')
+    parser.add_argument('--data-root', default=None, help='override the data set root')
+    parser.add_argument('--size', type=int, nargs=2, default=None, metavar=('H', 'W'),
+                        help='size of generated images (when no data set is found)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the initial weights (what is measured without a '
+                             'checkpoint)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='config overrides')
 
 
 def config_crop_size(cfg, default: tuple[int, int] = (512, 512)) -> tuple[int, int]:

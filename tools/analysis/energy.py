@@ -6,27 +6,18 @@ docs/benchmarks.md and mmlrf.analysis.energy).
 import argparse
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
-from mmengine.config import DictAction
-
 from mmlrf.analysis import energy
-from mmlrf.analysis.loading import image_batches, load_model
+from mmlrf.analysis.loading import add_loading_args, image_batches, load_model
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None)
+    add_loading_args(p)
     p.add_argument('--num-images', type=int, default=8)
     p.add_argument('--batch-size', type=int, default=1)
-    p.add_argument('--data-root', default=None, help='override the data set root')
-    p.add_argument('--size', type=int, nargs=2, default=None, metavar=('H', 'W'),
-                   help='size of generated images (when no data set is found)')
     p.add_argument('--e-mac', type=float, default=energy.E_MAC_PJ, help='pJ per MAC')
     p.add_argument('--e-ac', type=float, default=energy.E_AC_PJ, help='pJ per accumulate')
     p.add_argument('--device', default='cpu')
-    p.add_argument('--seed', type=int, default=0,
-                   help='seed of the initial weights (what is measured without a checkpoint)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--out', default='work_dirs/energy/energy', help='writes <out>.json/.png')
     return p.parse_args(argv)
 

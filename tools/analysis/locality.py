@@ -7,26 +7,18 @@ mmlrf.analysis.locality for the definitions).
 import argparse
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
-from mmengine.config import DictAction
-
 from mmlrf.analysis import benchmark, locality
-from mmlrf.analysis.loading import image_batches, load_model
+from mmlrf.analysis.loading import add_loading_args, image_batches, load_model
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', default=None)
+    add_loading_args(p)
     p.add_argument('--variant', choices=sorted(benchmark.VARIANTS), default=None,
                    help='replace the attention (at --attn-key) by a benchmark variant')
     p.add_argument('--attn-key', default='model.backbone.attn')
     p.add_argument('--num-images', type=int, default=2, help='images for the ERF')
     p.add_argument('--max-tokens', type=int, default=1024, help='skip larger attention maps')
-    p.add_argument('--data-root', default=None)
-    p.add_argument('--size', type=int, nargs=2, default=None, metavar=('H', 'W'))
-    p.add_argument('--seed', type=int, default=0,
-                   help='seed of the initial weights (what is measured without a checkpoint)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
     p.add_argument('--out', default='work_dirs/locality/locality', help='writes <out>.json/.png')
     return p.parse_args(argv)
 
