@@ -237,13 +237,16 @@ def test_fuse_conv_bn_keeps_the_function(paths):
 @pytest.mark.parametrize('paths', MODEL_GROUPS, ids=lambda g: '+'.join(map(_rel, g)))
 def test_lean_inference_keeps_the_function(paths):
     """Inference (autograd off: spikes of temporaries in place, and with the spiking FPN the
-    neck and head releasing the maps they read) gives exactly the recorded forward's output,
-    in every model family. Every spiking-FPN config turns the release on."""
+    neck and head releasing the maps they read and running their 3×3 convs over row strips,
+    as do SDT-V3's conv blocks) gives exactly the recorded forward's output, in every model
+    family. Every spiking-FPN config turns the release on, every SDT-V3 one the strips."""
     model_cfg = shrink_model(_load(paths[0]).model)
     model = MODELS.build(model_cfg).eval()
     _randomise_batchnorms(model)
     if model_cfg.get('neck', {}).get('type') == 'SpikingFPN':
         assert model.neck.release_inputs and model.decode_head.release_inputs
+    if model_cfg.backbone.type == 'SDTV3':
+        assert model.backbone.ConvBlock1_1[0].strips
     images = torch.rand(2, 3, SIZE, SIZE)
     recorded = model(images.clone().requires_grad_(), mode='tensor')
     with torch.no_grad():

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
-from mmlrf.heads.spiking_fpn_neck import spike_map
+from mmlrf.heads.spiking_fpn_neck import add_nearest_resized, nearest_resize, spike_map
 from mmlrf.neurons import MultiSpike, MultiStepLIF, spike_temporary
 
 IN_CHANNELS = [4, 8, 12, 16]
@@ -69,8 +69,24 @@ def test_released_inference_equals_the_plain_computation(size):
         mid = lean_neck(given)
         got = lean_head(mid)
     assert torch.equal(got, expected)
-    # the caller's maps come back empty: their memory is free
-    assert all(t.numel() == 0 and t.untyped_storage().nbytes() == 0 for t in [*given, *mid])
+    # the caller's maps come back empty: their memory is free (no base tensor of a view holds it)
+    assert all(t.numel() == 0 and t.untyped_storage().nbytes() == 0 and
+               (t._base is None or t._base.untyped_storage().nbytes() == 0)
+               for t in [*given, *mid])
+
+
+@pytest.mark.parametrize('small, large', [((5, 7), (10, 14)), ((5, 7), (9, 13))],
+                         ids=['x2', 'odd'])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_add_nearest_resized_is_the_plain_sum(small, large, channels_last):
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(2, 3, *large, generator=gen)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, *small, generator=gen)
+    expected = out + nearest_resize(x, large)
+    add_nearest_resized(out, x)
+    assert torch.equal(out, expected)
 
 
 def test_release_is_off_while_autograd_records_and_by_default():
@@ -148,6 +164,19 @@ def test_lif_neurons_in_neck_and_head():
     with torch.no_grad():
         assert spike_temporary(MultiStepLIF(), x).data_ptr() != x.data_ptr()
         assert spike_temporary(MultiSpike(), x).data_ptr() == x.data_ptr()
+
+
+def test_energy_report_does_not_see_the_strips():
+    """The energy meter counts per hooked call: under it each conv sees its whole map, and
+    lean inference reports what the plain computation does."""
+    from mmlrf.analysis.energy import measure_energy
+    feats = features((25, 35))
+    reports = []
+    for release in (False, True):
+        model = torch.nn.ModuleList(build(release))
+        reports.append(measure_energy(model, [feats[0]], forward=lambda m, _: m[1](m[0](
+            [f.clone() for f in feats]))))
+    assert reports[0]['totals']['sops'] > 0 and reports[1] == reports[0]
 
 
 def test_release_needs_distinct_levels():

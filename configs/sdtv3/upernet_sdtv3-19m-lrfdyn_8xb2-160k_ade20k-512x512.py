@@ -14,6 +14,7 @@ model = dict(
         arch='19M',
         attn=dict(type='LRFDyn', token='v', num_dendrites=8, mode='auto', dilations=(3, 5)),
         out_indices=(0, 1, 2, 3),
+        conv_strips=True,  # as in _base_/models/fpn_sdtv3.py: inference over row strips
         init_cfg=dict(type='Pretrained',
                       checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m-lrfdyn_in1k.pth}}')),
     # SDT-V3 outputs [C0/2, C0, C1, C3] = [32, 64, 128, 360] channels at strides 2/4/8/16.

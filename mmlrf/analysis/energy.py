@@ -68,7 +68,9 @@ def exact_sops(layer: nn.Module, counts: Tensor) -> float:
 class EnergyMeter:
     """Forward hooks collecting firing rates, SOPs and MACs of every layer of ``model``.
 
-    Use as a context manager around forward passes, then call :meth:`report`.
+    Use as a context manager around forward passes, then call :meth:`report`. Inside it, every
+    conv sees its whole map (:func:`~mmlrf.strips.whole_maps`), so each hooked call
+    counts a whole layer.
 
     Args:
         model (nn.Module): the network (neurons from :mod:`mmlrf.neurons`).
@@ -181,6 +183,9 @@ class EnergyMeter:
     def __enter__(self) -> 'EnergyMeter':
         from ..attention import TokenMixer
         from ..attention.dynamics import DendriticDynamics
+        from ..strips import whole_maps
+        self._whole_maps = whole_maps()  # one hooked call per conv and map
+        self._whole_maps.__enter__()
         for name, m in self.model.named_modules():
             if isinstance(m, (MultiSpike, MultiStepLIF)):
                 self._handles.append(m.register_forward_hook(
@@ -197,6 +202,7 @@ class EnergyMeter:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._whole_maps.__exit__(*exc)
 
     def add_images(self, n: int) -> None:
         """Count ``n`` images seen (for per-image numbers) and forget stale output pointers."""

@@ -25,6 +25,7 @@ from ..attention.lrf_dyn import set_dynamics_mode
 from ..layers import ConvBN, check_positive_int, conv_bn
 from ..neurons import build_neuron, spike_temporary
 from ..neurons.multispike import spike_code_sharing
+from ..strips import row_strips, strips_allowed
 
 #: Widths ``[C0, C1, C2, C3]`` of the official sizes (see :class:`SDTV3` for the sources).
 SDTV3_ARCHS: dict[str, list[int]] = {
@@ -87,11 +88,15 @@ class ConvBlock(nn.Module):
         dim (int): channels C.
         mlp_ratio (int): hidden width factor of the two 3×3 convs.
         neuron (dict): neuron config.
+        strips (bool): at inference, run the two 3×3 convs over row strips
+            (:func:`~mmlrf.strips.row_strips`) and add each strip into the residual in place,
+            so their hidden map never exists whole (see :class:`SDTV3`'s ``conv_strips``).
     """
 
-    def __init__(self, dim: int, mlp_ratio: int, neuron: dict) -> None:
+    def __init__(self, dim: int, mlp_ratio: int, neuron: dict, strips: bool = False) -> None:
         super().__init__()
         hidden = dim * mlp_ratio
+        self.strips = strips
         self.Conv = SepConv(dim, 7, neuron)
         self.spike1 = build_neuron(neuron)
         self.conv1 = RoutedConv2d(dim, hidden, 3, padding=1, bias=False)
@@ -103,9 +108,18 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` → ``[T, B, C, H, W]``."""
         x = x + self.Conv(x)
-        y = conv_bn(self.conv1, self.bn1, self.spike1(x))
-        y = conv_bn(self.conv2, self.bn2, spike_temporary(self.spike2, y))
-        return x + y
+        spikes = self.spike1(x)
+        if self.strips and strips_allowed(x, (self.conv1, self.conv2), (self.bn1, self.bn2)):
+            reach = self.conv1.padding[0] + self.conv2.padding[0]
+            for top, bottom, y in row_strips(self._convs, spikes, reach):
+                x[..., top:bottom, :] += y  # `x` is this block's own sum: add in place
+            return x
+        return x + self._convs(spikes)
+
+    def _convs(self, spikes: Tensor) -> Tensor:
+        """``BN(conv3x3(spike(BN(conv3x3(spikes)))))``, ``[T, B, C, H, W]`` → same shape."""
+        y = conv_bn(self.conv1, self.bn1, spikes)
+        return conv_bn(self.conv2, self.bn2, spike_temporary(self.spike2, y))
 
 
 class SpikingMLP(nn.Module):
@@ -264,6 +278,11 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
             inference with O(C·k) dynamics state, equal outputs. None keeps the mixer's own
             ``mode`` (also settable as ``attn=dict(type='LRFDyn', mode=...)`` or later with
             :func:`mmlrf.attention.set_dynamics_mode`).
+        conv_strips (bool): at inference (autograd off), each conv block runs its two 3×3
+            convs over row strips (:mod:`mmlrf.strips`) and adds them into its residual in
+            place: their ``mlp_ratio``·C-channel hidden map, the largest map of the stride-2
+            stage, never exists whole. The same values up to the conv algorithm's rounding
+            (bit for bit on the CPU in the tests). Default off; on in the segmentation configs.
         init_cfg (dict | list[dict] | None): mmengine init config, e.g. ``Pretrained``.
 
     Shapes: input ``[B, in_channels, H, W]``; output a tuple of ``[B, C_i, ceil(H/s_i),
@@ -286,6 +305,7 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
                  drop_path_rate: float = 0.0,
                  with_cp: bool = False,
                  dynamics_mode: str | None = None,
+                 conv_strips: bool = False,
                  init_cfg: dict | list[dict] | None = None) -> None:
         super().__init__(init_cfg)
         dims = self._resolve_dims(arch, embed_dims)
@@ -318,13 +338,16 @@ class SDTV3(StrictPretrainedMixin, BaseModule):
         self.out_channels = [[dims[0] // 2, dims[0], dims[1], dims[3]][i] for i in out_indices]
         c0, c1, c2, c3 = dims
 
+        def conv_block(dim: int) -> nn.ModuleList:
+            return nn.ModuleList([ConvBlock(dim, mlp_ratio, neuron, bool(conv_strips))])
+
         self.downsample1_1 = Downsample(in_channels, c0 // 2, 7, 2, None)
-        self.ConvBlock1_1 = nn.ModuleList([ConvBlock(c0 // 2, mlp_ratio, neuron)])
+        self.ConvBlock1_1 = conv_block(c0 // 2)
         self.downsample1_2 = Downsample(c0 // 2, c0, 3, 2, neuron)
-        self.ConvBlock1_2 = nn.ModuleList([ConvBlock(c0, mlp_ratio, neuron)])
+        self.ConvBlock1_2 = conv_block(c0)
         self.downsample2 = Downsample(c0, c1, 3, 2, neuron)
-        self.ConvBlock2_1 = nn.ModuleList([ConvBlock(c1, mlp_ratio, neuron)])
-        self.ConvBlock2_2 = nn.ModuleList([ConvBlock(c1, mlp_ratio, neuron)])
+        self.ConvBlock2_1 = conv_block(c1)
+        self.ConvBlock2_2 = conv_block(c1)
         self.downsample3 = Downsample(c1, c2, 3, 2, neuron)
         rates = [drop_path_rate * j / (n3 + n4 - 1) for j in range(n3 + n4)]
         self.block3 = nn.ModuleList([

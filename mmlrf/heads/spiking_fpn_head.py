@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..conv import RoutedConv2d
 from ..neurons import build_neuron
 from .spiking_fpn_neck import release, releases_inputs, spike_map
+from ..strips import conv_bn_over_input
 
 #: A level's full-resolution map is added to the sum over this many channel chunks, so only
 #: one chunk of it exists at a time (bilinear resizing is per channel: the same sum).
@@ -28,9 +29,14 @@ class SpikeConvBN(nn.Sequential):
                                                               bias=False),
                          nn.BatchNorm2d(channels))
 
-    def forward(self, x: Tensor, inplace: bool = False) -> Tensor:
-        """``[B, C, H, W]`` → ``[B, C, H, W]``; ``inplace``: see :func:`spike_map`."""
-        return self[2](self[1](spike_map(self[0], x, inplace)))
+    def forward(self, x: Tensor, inplace: bool = False, overwrite: bool = False) -> Tensor:
+        """``[B, C, H, W]`` → ``[B, C, H, W]``; ``inplace``: see :func:`spike_map`;
+        ``overwrite``: the result is written over the spikes, see
+        :func:`~mmlrf.strips.conv_bn_over_input`."""
+        spikes = spike_map(self[0], x, inplace)
+        if overwrite:
+            return conv_bn_over_input(self[1], self[2], spikes)
+        return self[2](self[1](spikes))
 
 
 class Upsample2x(nn.Module):
@@ -77,9 +83,11 @@ class SpikingFPNHead(BaseDecodeHead):
             default 0 reproduces it.
         release_inputs (bool): at inference (autograd off), spike each input level in place and
             empty it (:func:`~mmlrf.heads.spiking_fpn_neck.release`) once its first conv has
-            read it: the stride-2 level's 3×3 conv then runs without a second copy of its
-            input. The caller's tensors come back empty: only for pipelines that do not read
-            them again (mmseg's ``EncoderDecoder``). Default False.
+            read it, and write every 3×3 conv's result over its spikes, strip by strip
+            (:func:`~mmlrf.strips.conv_bn_over_input`): the stride-2 level's convs
+            then need no second map of its size. The caller's tensors come back empty: only
+            for pipelines that do not read them again (mmseg's ``EncoderDecoder``). Default
+            False.
         **kwargs: :class:`BaseDecodeHead` arguments (``in_channels`` (one entry per level, each
             equal to ``channels``), ``channels``, ``num_classes``, ``in_index``,
             ``align_corners``, ``loss_decode``, …). ``input_transform`` is always
@@ -151,12 +159,13 @@ class SpikingFPNHead(BaseDecodeHead):
     @staticmethod
     def _scale_head(head: Sequence[nn.Module], x: Tensor, free: bool) -> Tensor:
         """Run one level's stages; every stage but the first spikes a temporary (in place at
-        inference), the first spikes the input in place and empties it when ``free``."""
+        inference), the first spikes the input in place and empties it when ``free``; with
+        ``free`` each conv's result is written over its spikes."""
         for j, layer in enumerate(head):
             if not isinstance(layer, SpikeConvBN):
                 x = layer(x)
                 continue
-            y = layer(x, inplace=j > 0 or free)
+            y = layer(x, inplace=j > 0 or free, overwrite=free)
             if j == 0 and free:
                 release(x)
             x = y

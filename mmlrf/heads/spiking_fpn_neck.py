@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from ..layers import ConvBN
 from ..neurons import build_neuron, spike_temporary, writable
+from ..strips import conv_bn_over_input
 
 
 def nearest_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -21,6 +22,17 @@ def nearest_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     if tuple(size) != (2 * h, 2 * w):
         return F.interpolate(x, size=size, mode='nearest')
     return x[..., None, :, None].expand(*x.shape[:-2], h, 2, w, 2).flatten(-4, -3).flatten(-2)
+
+
+def add_nearest_resized(out: Tensor, x: Tensor) -> None:
+    """``out += nearest_resize(x, out.shape[-2:])`` in place, ``out`` ``[B, C, H, W]``, ``x``
+    ``[B, C, h, w]``. An exact ×2 is added as a broadcast into the ``[B, C, h, 2, w, 2]`` view of
+    ``out`` (the same sums), so the resized map never exists."""
+    h, w = x.shape[-2:]
+    if tuple(out.shape[-2:]) != (2 * h, 2 * w):
+        out += nearest_resize(x, out.shape[-2:])
+        return
+    out.unflatten(-1, (w, 2)).unflatten(-3, (h, 2)).add_(x[..., :, None, :, None])
 
 
 def spike_map(neuron: nn.Module, x: Tensor, inplace: bool = False) -> Tensor:
@@ -76,8 +88,11 @@ class SpikingFPN(BaseModule):
             config's ``T`` (4), i.e. ``dict(type='MultiSpike', max_value=4, norm=4)``.
         release_inputs (bool): at inference (autograd off), spike each input map in place and
             empty it (:func:`release`) once its lateral conv has read it, so the backbone's
-            maps are freed before the big stride-2 conv runs. The caller's tensors come back
-            empty: only for pipelines that do not read them again (mmseg's
+            maps are freed before the big stride-2 conv runs; add the top-down ×2 resizes
+            without making them (:func:`add_nearest_resized`); and write each output conv's
+            result over its spikes, strip by strip
+            (:func:`~mmlrf.strips.conv_bn_over_input`). The caller's tensors come
+            back empty: only for pipelines that do not read them again (mmseg's
             ``EncoderDecoder``). Default False.
         init_cfg (dict | list[dict] | None): mmengine init config.
 
@@ -123,12 +138,15 @@ class SpikingFPN(BaseModule):
                 release(x)
         for i in range(len(laterals) - 1, 0, -1):
             # in place: a batch-norm output that nothing saved (same sum, no new map)
-            laterals[i - 1] += nearest_resize(laterals[i], laterals[i - 1].shape[-2:])
+            if free:
+                add_nearest_resized(laterals[i - 1], laterals[i])
+            else:
+                laterals[i - 1] += nearest_resize(laterals[i], laterals[i - 1].shape[-2:])
         outs = []
         for i, (conv, spike) in enumerate(zip(self.fpn_convs, self.fpn_convs_spikes)):
             # the laterals are temporaries: spike them in place at inference, free them early
             spikes = spike_map(spike, laterals[i], inplace=True)
             laterals[i] = None
-            outs.append(spike_conv_bn(conv, spikes))
+            outs.append(conv_bn_over_input(*conv, spikes) if free else spike_conv_bn(conv, spikes))
             del spikes
         return tuple(outs)

@@ -18,11 +18,15 @@ model = dict(
         num_heads=8,
         mlp_ratio=4,
         attn=dict(type='SSA', order='qk'),
-        out_indices=(0, 1, 2, 3)),
+        out_indices=(0, 1, 2, 3),
+        # conv_strips: at inference each conv block's two 3x3 convs run over row strips, so
+        # their hidden map (4x the block's channels) never exists whole. Same values.
+        conv_strips=True),
     # Neck and head neurons: MultiSpike D=4 normalised by T=4 (official QFPN / QFPNHead).
     # release_inputs: at inference the neck and the head empty the maps they are given once
-    # read (the backbone's, the neck's), so their memory is freed early; EncoderDecoder never
-    # reads them again. Turn it off to read those maps after the head has run.
+    # read (the backbone's, the neck's), so their memory is freed early, and their 3x3 convs
+    # write over their own spikes; EncoderDecoder never reads those maps again. Turn it off to
+    # read them after the head has run.
     neck=dict(type='SpikingFPN', in_channels=[32, 64, 128, 360], out_channels=128, num_outs=4,
               release_inputs=True),
     decode_head=dict(

@@ -1,0 +1,117 @@
+"""Inference over row strips: local layers ('same' convolutions, per-channel BN, neurons) run on
+a few rows at a time, so that a map they would make whole never exists whole."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .layers import check_positive_int
+from .neurons import writable
+
+#: Row strips per map (each holds ``1 / STRIPS`` of the map's rows).
+STRIPS = 8
+
+_whole_maps_depth = 0
+
+
+@contextlib.contextmanager
+def whole_maps() -> Iterator[None]:
+    """Within the block nothing runs over strips: one call per layer and map, for forward hooks
+    that count per call (the energy meter)."""
+    global _whole_maps_depth
+    _whole_maps_depth += 1
+    try:
+        yield
+    finally:
+        _whole_maps_depth -= 1
+
+
+def keeps_shape(conv: nn.Conv2d) -> bool:
+    """True for a conv whose output has its input's height and width: stride 1 and zero 'same'
+    padding (``dilation * (kernel // 2)`` with an odd kernel)."""
+    if not isinstance(conv.padding, tuple) or conv.padding_mode != 'zeros':
+        return False
+    return conv.stride == (1, 1) and all(
+        k % 2 == 1 and p == d * (k // 2)
+        for k, p, d in zip(conv.kernel_size, conv.padding, conv.dilation))
+
+
+def strips_allowed(x: Tensor, convs: tuple[nn.Conv2d, ...], norms: tuple[nn.Module, ...]) -> bool:
+    """Whether ``x`` may be computed on over strips and written to: autograd off, outside
+    ``torch.compile`` and :func:`whole_maps`, a writable ``x``, ``convs`` that
+    :func:`keeps_shape` and per-channel affine ``norms`` (eval-mode BatchNorms,
+    or ``Identity`` after folding)."""
+    affine = all(isinstance(n, nn.Identity) or (isinstance(n, _BatchNorm) and not n.training)
+                 for n in norms)
+    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and affine
+            and not _whole_maps_depth and all(keeps_shape(c) for c in convs) and writable(x))
+
+
+def row_strips(fn: Callable[[Tensor], Tensor], x: Tensor, halo: int,
+               strips: int = STRIPS) -> Iterator[tuple[int, int, Tensor]]:
+    """``fn(x)`` in row strips, top to bottom: yields ``(top, bottom, fn(x)[..., top:bottom, :])``.
+
+    Each strip applies ``fn`` to its rows plus ``halo`` rows above and below (where they exist)
+    and keeps its own rows. This is exact when ``fn`` is row-local with reach ``halo``: a stack
+    of 'same' convolutions (:func:`keeps_shape`, reach the sum of their paddings), per-element
+    neurons and per-channel affine maps. A strip is never shorter than ``halo`` rows, so a
+    consumer that writes a strip's result over ``x`` one strip late overwrites no row that
+    is still to be read.
+
+    Args:
+        fn (Callable): a row-local map ``[..., H, W]`` → ``[..., H, W']``.
+        x (Tensor): ``[..., H, W]``.
+        halo (int): ``fn``'s reach in rows.
+        strips (int): strips per map.
+
+    Raises:
+        ValueError: ``strips`` is not a positive integer.
+    """
+    check_positive_int(strips, 'strips')
+    height = x.shape[-2]
+    rows = max(-(-height // strips), halo, 1)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        start = max(top - halo, 0)
+        yield top, bottom, fn(x[..., start:min(bottom + halo, height), :])[
+            ..., top - start:bottom - start, :]
+
+
+def conv_bn_over_input(conv: nn.Conv2d, bn: nn.Module, x: Tensor, strips: int = STRIPS) -> Tensor:
+    """``bn(conv(x))`` for a temporary ``x`` ``[B, C, H, W]``, stored in ``x``'s memory.
+
+    When :func:`strips_allowed` and the conv has as many outputs as inputs, the rows are
+    computed in :func:`row_strips`, and each strip's result is written over its rows once the
+    next strip has read them. So the call needs about two strips of extra memory instead of a
+    whole output map (plus the conv's workspace for one strip). Otherwise ``bn(conv(x))`` as
+    usual. The values equal the whole-map computation's up to the conv algorithm's rounding
+    (bit for bit with the CPU's oneDNN in the tests).
+
+    Raises:
+        ValueError: ``strips`` is not a positive integer.
+
+    Returns:
+        Tensor: ``[B, C, H, W]``: ``x``'s memory, overwritten (:func:`memory_of` ``x``), or a
+        new map.
+    """
+    check_positive_int(strips, 'strips')
+    if conv.in_channels != conv.out_channels or not strips_allowed(x, (conv,), (bn,)):
+        return bn(conv(x))
+    pending = None  # (first row, values) of the strip above, not yet written
+    for top, _, values in row_strips(lambda t: bn(conv(t)), x, conv.padding[0], strips):
+        if pending is not None:
+            x[..., pending[0]:top, :].copy_(pending[1])
+        pending = (top, values)
+    x[..., pending[0]:, :].copy_(pending[1])
+    return memory_of(x)
+
+
+def memory_of(x: Tensor) -> Tensor:
+    """A tensor over ``x``'s memory with its shape and strides that is not a view of ``x``:
+    emptying it (``set_()``) frees the memory once ``x`` is gone. (Emptying a view does not:
+    its base tensor, which holds the memory, stays alive as long as the view.)"""
+    return x.new_empty(0).set_(x.untyped_storage(), x.storage_offset(), x.shape, x.stride())

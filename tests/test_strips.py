@@ -1,0 +1,187 @@
+"""Inference over row strips (``mmlrf.strips``): the whole-map values, a conv + BN written
+over its own input, SDT-V3's conv blocks adding into their residual, lower peaks; the plain
+computation wherever strips would be wrong."""
+import contextlib
+import json
+import os
+import subprocess
+import sys
+
+import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
+import pytest
+import torch
+from torch import nn
+
+from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
+from mmlrf.backbones.sdt_v3 import ConvBlock
+from mmlrf.conv import RoutedConv2d
+from mmlrf.strips import conv_bn_over_input, keeps_shape, row_strips, whole_maps
+
+
+def conv_and_bn(channels: int, kernel: int = 3, dilation: int = 1, groups: int = 1,
+                folded: bool = False, **conv_args):
+    """A seeded conv and an eval-mode BN with non-trivial statistics (or ``Identity``)."""
+    torch.manual_seed(0)
+    args = dict(padding=dilation * (kernel // 2), dilation=dilation, groups=groups, bias=True)
+    conv = RoutedConv2d(channels, channels, kernel, **{**args, **conv_args})
+    if folded:
+        return conv, nn.Identity()
+    return conv, randomise_batchnorms(nn.BatchNorm2d(channels)).eval()
+
+
+def randomise_batchnorms(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+def spikes(shape, channels_last: bool = False) -> torch.Tensor:
+    """Multi-spike-like values ``k / 4``, ``k`` in 0..4."""
+    x = torch.randint(0, 5, shape, generator=torch.Generator().manual_seed(1)).float() / 4
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize('height, strips', [(25, 8), (24, 3), (3, 8), (1, 8), (7, 7)])
+def test_row_strips_tile_a_stack_of_convs(height, strips):
+    """Two 'same' convs (reach 1 + 2) and a ReLU: the strips tile the rows, their values are
+    the whole map's."""
+    torch.manual_seed(0)
+    first, second = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 2, 3, padding=2, dilation=2)
+
+    def fn(t):
+        return second(torch.relu(first(t)))
+    x = torch.randn(2, 3, height, 6)
+    with torch.no_grad():
+        parts = list(row_strips(fn, x, 3, strips))
+        expected = fn(x)
+    assert [p[0] for p in parts] == sorted({p[0] for p in parts})
+    assert parts[0][0] == 0 and parts[-1][1] == height
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert all(p[2].shape[-2] == p[1] - p[0] for p in parts)
+    assert torch.equal(torch.cat([p[2] for p in parts], -2), expected)
+
+
+@pytest.mark.parametrize('neuron, steps', [(dict(type='MultiSpike'), 1),
+                                           (dict(type='MultiStepLIF'), 2)],
+                         ids=['multispike', 'lif'])
+@pytest.mark.parametrize('height', [13, 2])
+def test_conv_block_strips_keep_the_function(neuron, steps, height):
+    blocks = []
+    for strips in (False, True):
+        torch.manual_seed(0)
+        blocks.append(randomise_batchnorms(ConvBlock(4, 4, neuron, strips=strips)).eval())
+    x = torch.randn(steps, 2, 4, height, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(blocks[1](x), blocks[0](x))
+    outs, grads = [], []  # while autograd records, the whole maps: the same graph
+    for block in blocks:
+        given = x.clone().requires_grad_()
+        outs.append(block(given))
+        outs[-1].square().sum().backward()
+        grads.append([given.grad, *(p.grad for p in block.parameters())])
+    assert torch.equal(*outs)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize('height, strips', [(25, 8), (24, 3), (3, 8), (1, 8), (17, 1)])
+@pytest.mark.parametrize('kernel, dilation, groups', [(3, 1, 1), (3, 2, 1), (5, 1, 1),
+                                                      (3, 1, 6)])
+@pytest.mark.parametrize('folded, channels_last', [(False, False), (True, False),
+                                                   (False, True)])
+def test_strips_equal_the_whole_map_in_the_inputs_memory(height, strips, kernel, dilation,
+                                                         groups, folded, channels_last):
+    conv, bn = conv_and_bn(6, kernel, dilation, groups, folded)
+    if channels_last:
+        conv.to(memory_format=torch.channels_last)
+    x = spikes((2, 6, height, 11), channels_last)
+    with torch.no_grad():
+        expected = bn(conv(x))
+        given = x.clone(memory_format=torch.preserve_format)
+        got = conv_bn_over_input(conv, bn, given, strips)
+    # written over the input, and returned as a tensor of its own (not a view)
+    assert got.data_ptr() == given.data_ptr() and got._base is None
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize('case', ['autograd', 'bn_training', 'stride', 'channels', 'valid',
+                                  'inference_tensor', 'whole_maps'])
+def test_falls_back_where_overwriting_is_wrong(case):
+    conv_args = dict(stride=dict(stride=2), valid=dict(padding=0)).get(case, {})
+    conv, bn = conv_and_bn(6, **conv_args)
+    if case == 'channels':
+        conv, bn = RoutedConv2d(6, 4, 3, padding=1), nn.BatchNorm2d(4).eval()
+    if case == 'bn_training':
+        bn.train()
+    with torch.inference_mode(case == 'inference_tensor'):
+        x = spikes((2, 6, 12, 11))
+    before = x.clone()
+    with torch.set_grad_enabled(case == 'autograd'), \
+            whole_maps() if case == 'whole_maps' else contextlib.nullcontext():
+        expected = bn(conv(x))
+        got = conv_bn_over_input(conv, bn, x)
+    assert got is not x and torch.equal(x, before)  # the input is left as it was
+    assert torch.equal(got, expected)
+    assert keeps_shape(conv) == (case not in ('stride', 'valid'))
+
+
+def test_whole_maps_nests_and_strips_are_checked():
+    conv, bn = conv_and_bn(6)
+    with torch.no_grad():
+        with whole_maps():
+            with whole_maps():
+                pass
+            x = spikes((1, 6, 8, 8))
+            assert conv_bn_over_input(conv, bn, x).data_ptr() != x.data_ptr()  # still whole
+        assert conv_bn_over_input(conv, bn, x).data_ptr() == x.data_ptr()  # strips again
+        with pytest.raises(ValueError, match='strips'):
+            conv_bn_over_input(conv, bn, x, strips=0)
+
+
+def test_keeps_shape_refuses_string_and_reflect_padding():
+    assert not keeps_shape(nn.Conv2d(4, 4, 3, padding='same'))
+    assert not keeps_shape(nn.Conv2d(4, 4, 3, padding=1, padding_mode='reflect'))
+    assert not keeps_shape(nn.Conv2d(4, 4, 4, padding=2))  # even kernel: no centred halo
+    assert keeps_shape(nn.Conv2d(4, 4, (3, 5), padding=(1, 2)))
+
+
+# a 32-channel 256×256 map: 8 MiB
+MEMORY_SHAPE = (1, 32, 256, 256)
+
+
+def measure_peaks() -> dict[str, float]:
+    """Peak memory (MiB) of conv + BN on a map that the call may overwrite, and of an SDT-V3
+    conv block (8 channels, hidden 32) on a map of the same size, whole or in strips (the
+    inputs are allocated before the measurement)."""
+    conv, bn = conv_and_bn(MEMORY_SHAPE[1])
+    blocks = [randomise_batchnorms(ConvBlock(8, 4, dict(type='MultiSpike'), strips)).eval()
+              for strips in (False, True)]
+    block_shape = (1, 1, 8, *MEMORY_SHAPE[-2:])
+    peaks = {}
+    for name, run, shape in [
+            ('whole', lambda x: bn(conv(x)), MEMORY_SHAPE),
+            ('strips', lambda x: conv_bn_over_input(conv, bn, x), MEMORY_SHAPE),
+            ('block_whole', blocks[0], block_shape), ('block_strips', blocks[1], block_shape)]:
+        x = spikes(shape)
+        with torch.no_grad():
+            run(x.clone())  # warm-up (thread pools, conv primitives)
+            peaks[name] = peak_memory_mib(lambda: run(x), torch.device('cpu'))
+    return peaks
+
+
+def test_strips_lower_the_peak_by_most_of_a_map():
+    """The whole-map conv holds its output (and oneDNN's copy of it) beside the input, the
+    strips two strips; the whole conv block holds its 32-channel hidden map, the strips a
+    strip of it. Measured in a process started with CPU_MEASURE_ENV."""
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **CPU_MEASURE_ENV})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peaks = json.loads(proc.stdout.splitlines()[-1])
+    map_mib = torch.Size(MEMORY_SHAPE).numel() * 4 / MIB
+    assert peaks['whole'] - peaks['strips'] >= 0.75 * map_mib, peaks
+    assert peaks['block_whole'] - peaks['block_strips'] >= 0.75 * map_mib, peaks
+
+
+if __name__ == '__main__':  # the CPU measurement of test_strips_lower_the_peak_by_most_of_a_map
+    print(json.dumps(measure_peaks()))
