@@ -365,6 +365,28 @@ def test_benchmark_channels_last_model_case(tmp_path):
                        channels_last=(True,))
 
 
+def test_benchmark_plain_inference_twin(tmp_path):
+    """--plain-inference: each model case gets a twin with lean inference off, in its own ratio
+    group; the twin's model has no row strips and releases nothing; training is refused."""
+    cases = bm.smoke_cases(bm.model_cases(bm.MODEL_19M_CONFIG, ['official', 'lrf_dyn'],
+                                          [(1024, 1024)], lean=(True, False)))
+    assert [c['lean'] for c in cases] == [True, True, False, False]
+    report = bm.run_benchmark(cases, 'cpu', str(tmp_path / 'p'), 'test', warmup=0, repeats=1,
+                              isolate=False, log=lambda s: None)
+    assert all('error' not in r for r in report['results']), report['results']
+    groups = sorted(r['group'] for r in report['ratios'])
+    assert len(groups) == 2 and groups[1] == groups[0] + ' plain-inference'
+    for lean in (True, False):
+        model, _, _ = bm.build_variant_model(bm.MODEL_19M_CONFIG, None, lean=lean)
+        assert model.backbone.ConvBlock1_1[0].strips == lean
+        assert model.neck.release_inputs == model.decode_head.release_inputs == lean
+    with pytest.raises(ValueError, match="infer mode"):
+        bm.model_cases(bm.MODEL_19M_CONFIG, ['official'], [(64, 64)], modes=['train'],
+                       lean=(True, False))
+    with pytest.raises(SystemExit, match='applies to whole models'):
+        load_tool('analysis/benchmark').main(['--plain-inference'])
+
+
 def test_benchmark_onednn_convs_twin(monkeypatch):
     """--onednn-convs: each model case gets a twin with mmlrf's conv routes off, in its own
     ratio group but timed together with the routed case; the twin really runs without them."""
@@ -452,7 +474,7 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
     assert names == ['dynamics', 'issue5', 'tf32_convs', 'tf32_wscap', 'tf32_cap', 'memory_tf32',
-                     'fused', 'compiled', 'profile', 'profile_fused', 'profile_train_official',
+                     'tf32_plain', 'fused', 'compiled', 'profile', 'profile_fused', 'profile_train_official',
                      'profile_train_lrf_dyn', 'channels_last', 'conv', 'compiled_train']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
     assert suite_archive_files(out) == []

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
+from mmlrf.backbones.sdt_v3 import ConvBlock
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
+from mmlrf.hooks import set_lean_inference
 from mmlrf.heads.spiking_fpn_neck import add_nearest_resized, nearest_resize, spike_map
 from mmlrf.neurons import MultiSpike, MultiStepLIF, spike_temporary
 
@@ -183,6 +185,28 @@ def test_release_needs_distinct_levels():
     with pytest.raises(ValueError, match='distinct in_index'):
         SpikingFPNHead(in_channels=[8] * 4, channels=8, num_classes=3, in_index=[0, 1, 1, 2],
                        feature_strides=(2, 4, 4, 8), release_inputs=True)
+    head = SpikingFPNHead(in_channels=[8] * 4, channels=8, num_classes=3, in_index=[0, 1, 1, 2],
+                          feature_strides=(2, 4, 4, 8))
+    with pytest.raises(ValueError, match='distinct in_index'):  # also when switched on later
+        set_lean_inference(head, True)
+    assert not head.release_inputs
+
+
+def test_set_lean_inference_switches_every_lean_module():
+    neck, head = build(release=True)
+    model = torch.nn.ModuleList([ConvBlock(4, 2, dict(type='MultiSpike'), strips=True), neck,
+                                 head])
+    feats = features((32, 48))
+    with torch.no_grad():
+        expected = head(neck([f.clone() for f in feats]))
+        assert set_lean_inference(model, False) == 3
+        assert not (model[0].strips or neck.release_inputs or head.release_inputs)
+        given = [f.clone() for f in feats]
+        mid = neck(given)
+        assert torch.equal(head(mid), expected)
+    # off: the maps passed in are read, not emptied or overwritten
+    assert all(torch.equal(g, f) for g, f in zip(given, feats)) and all(t.numel() for t in mid)
+    assert set_lean_inference(model, True) == 3 and model[0].strips and head.release_inputs
 
 
 # 256×256 stride-1 level: the stride-1 neck and head maps take 8 MiB each (32 channels)

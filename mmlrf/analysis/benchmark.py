@@ -18,7 +18,8 @@ Model cases: ``config`` (path), ``resolution`` ([H, W]), ``cfg_options`` (dict),
 inference forward, or in training the segmentor's ``loss`` as ``CompileHook`` does, whose
 backward AOTAutograd compiles with it; reported with ``compile_s``, the first call) and
 ``conv_routes`` (default True; False runs every convolution through oneDNN,
-:func:`mmlrf.conv.cpu_routes`).
+:func:`mmlrf.conv.cpu_routes`) and ``lean`` (default True, the model as its config builds it;
+False switches lean inference off, :func:`mmlrf.hooks.set_lean_inference`).
 Any kind, CUDA only: ``memory_cap_mib`` (the caching allocator is capped at this many MiB above
 what the case holds after its first call, weights and inputs, for the measured calls:
 :func:`~mmlrf.analysis.memory.cuda_memory_cap`; cuDNN then takes convolution algorithms whose
@@ -285,7 +286,8 @@ def build_variant_model(config: str, variant: str | None, cfg_options: dict | No
                         attn_key: str = 'model.backbone.attn',
                         device: str | torch.device = 'cpu',
                         fuse_conv_bn: bool = False,
-                        channels_last: bool = False) -> tuple[nn.Module, Any, int | None]:
+                        channels_last: bool = False,
+                        lean: bool = True) -> tuple[nn.Module, Any, int | None]:
     """Build the segmentor of :func:`variant_config` on ``device`` (training mode unless fused).
 
     Args:
@@ -293,6 +295,8 @@ def build_variant_model(config: str, variant: str | None, cfg_options: dict | No
             model in eval mode).
         channels_last (bool): store the 4-D weights channels-last
             (:func:`mmlrf.hooks.to_channels_last`).
+        lean (bool): False switches lean inference off
+            (:func:`mmlrf.hooks.set_lean_inference`); True keeps the config's setting.
         Others: see :func:`variant_config`.
 
     Returns:
@@ -305,10 +309,12 @@ def build_variant_model(config: str, variant: str | None, cfg_options: dict | No
     cfg, dyn_mode = variant_config(config, variant, cfg_options, attn_key)
     model = MODELS.build(cfg.model).to(device)
     apply_variant_mode(model, dyn_mode)
-    from ..hooks import fold_batchnorms, to_channels_last
+    from ..hooks import fold_batchnorms, set_lean_inference, to_channels_last
     folded = fold_batchnorms(model.eval()) if fuse_conv_bn else None
     if channels_last:
         to_channels_last(model)
+    if not lean:
+        set_lean_inference(model, False)
     return model, cfg, folded
 
 
@@ -333,7 +339,7 @@ def _model_work(case: dict, device: torch.device) -> tuple[Callable[[], Any], di
     model, cfg, folded = build_variant_model(
         case['config'], case['variant'], case.get('cfg_options'),
         case.get('attn_key', 'model.backbone.attn'), device, case.get('fuse_conv_bn', False),
-        case.get('channels_last', False))
+        case.get('channels_last', False), case.get('lean', True))
     dtype = _dtype(case['dtype'])
     b, (h, w) = case['batch'], case['resolution']
     gen = torch.Generator().manual_seed(0)
@@ -624,6 +630,8 @@ def group_key(result: dict) -> str:
             shape += ' compiled'
         if not result.get('conv_routes', True):
             shape += ' oneDNN-convs'
+        if not result.get('lean', True):
+            shape += ' plain-inference'
 
     else:
         shape = (f"N={result['n_tokens']} C={result['channels']} heads={result['heads']} "
@@ -702,7 +710,8 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
                 graphed: Sequence[bool] = (False,),
                 channels_last: Sequence[bool] = (False,),
                 conv_routes: Sequence[bool] = (True,),
-                compiled: Sequence[bool] = (False,)) -> list[dict]:
+                compiled: Sequence[bool] = (False,),
+                lean: Sequence[bool] = (True,)) -> list[dict]:
     """The cross product of the whole-model sweep. ``fused`` lists the BN settings (True: fold
     every BN into its conv before measuring), ``graphed`` the launch settings (True: replay
     the forward as one CUDA graph, :class:`mmlrf.cuda_graph.GraphedForward`) and
@@ -711,24 +720,26 @@ def model_cases(config: str, variants: list[str], resolutions: list[tuple[int, i
     execution settings (True: ``torch.compile``, default mode, of the inference forward or,
     as :func:`mmlrf.hooks.compile_segmentor` does, of the segmentor's ``loss``) and
     ``conv_routes`` the convolution settings (False: every conv through oneDNN,
-    :func:`mmlrf.conv.cpu_routes`); both apply to any mode.
+    :func:`mmlrf.conv.cpu_routes`); both apply to any mode. ``lean`` lists the lean-inference
+    settings (False: :func:`mmlrf.hooks.set_lean_inference` off), inference only.
 
     Raises:
-        ValueError: for a fused, graphed or channels-last setting with a 'train' mode, or
-            graphed and compiled settings together.
+        ValueError: for a fused, graphed, channels-last or plain-inference setting with a
+            'train' mode, or graphed and compiled settings together.
     """
-    if (any(fused) or any(graphed) or any(channels_last)) and 'train' in modes:
-        raise ValueError('fused, graphed and channels-last cases measure inference: '
-                         f'they apply to the infer mode only, got modes={list(modes)}')
+    if (any(fused) or any(graphed) or any(channels_last) or not all(lean)) and \
+            'train' in modes:
+        raise ValueError('fused, graphed, channels-last and plain-inference cases measure '
+                         f'inference: they apply to the infer mode only, got modes={list(modes)}')
     if any(graphed) and any(compiled):
         raise ValueError('graphed and compiled cases are separate settings: measure them in '
                          'separate runs')
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
                  attn_key=attn_key, fuse_conv_bn=fuse, cuda_graph=graph, channels_last=last,
-                 conv_routes=routes, compile=comp)
+                 conv_routes=routes, compile=comp, lean=lean_on)
             for fuse in fused for graph in graphed for last in channels_last
-            for routes in conv_routes for comp in compiled
+            for routes in conv_routes for comp in compiled for lean_on in lean
             for mode in modes for dtype in dtypes
             for res in resolutions for b in batches
             for v in variants]

@@ -121,10 +121,6 @@ class SpikingFPNHead(BaseDecodeHead):
             raise ValueError(f'in_channels must all equal channels={self.channels} (the convs '
                              f'take `channels` inputs), got {self.in_channels}')
         self.feature_strides = strides
-        if release_inputs and len(set(self.in_index)) != len(self.in_index):
-            raise ValueError('release_inputs needs distinct in_index entries (a level read '
-                             f'twice cannot be emptied after its first read), got '
-                             f'{self.in_index}')
         self.release_inputs = release_inputs
         # BaseDecodeHead's 1x1 classifier, rebuilt as a RoutedConv2d (same parameters and init)
         self.conv_seg = RoutedConv2d(self.channels, self.out_channels, 1)
@@ -138,6 +134,19 @@ class SpikingFPNHead(BaseDecodeHead):
                     layers.append(Upsample2x(self.align_corners))
             self.scale_heads.append(nn.Sequential(*layers))
         self.out_spike = build_neuron(neuron)
+
+    @property
+    def release_inputs(self) -> bool:
+        """See ``release_inputs`` in the class docstring (settable; checked when set)."""
+        return self._release_inputs
+
+    @release_inputs.setter
+    def release_inputs(self, value: bool) -> None:
+        if value and len(set(self.in_index)) != len(self.in_index):
+            raise ValueError('release_inputs needs distinct in_index entries (a level read '
+                             f'twice cannot be emptied after its first read), got '
+                             f'{self.in_index}')
+        self._release_inputs = bool(value)
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         """Neck levels ``[B, channels, H_i, W_i]`` → logits ``[B, num_classes, H_0, W_0]``."""

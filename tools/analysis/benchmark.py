@@ -102,6 +102,10 @@ def parse_args(argv=None):
                    help='--config: also measure every case with all convolutions through oneDNN '
                         "(mmlrf's CPU conv routes off, mmlrf.conv.cpu_routes), in the same run; "
                         'with --interleave each case and its twin are timed together')
+    p.add_argument('--plain-inference', action='store_true',
+                   help='--config inference: also measure every case with lean inference off '
+                        '(mmlrf.hooks.set_lean_inference: no row strips, no released maps), '
+                        'in the same run')
     p.add_argument('--tf32', nargs='?', const='all', default='off', choices=bm.TF32_MODES,
                    help='TF32 on CUDA: off (default; true fp32), convs (cuDNN convolutions only: '
                         "PyTorch's default), all (convolutions and matrix products; the same as "
@@ -129,7 +133,8 @@ def main(argv=None):
                  '--model-config)')
     for flag, on in (('--fuse-conv-bn', args.fuse_conv_bn), ('--cuda-graph', args.cuda_graph),
                      ('--channels-last', args.channels_last), ('--compile', args.compile),
-                     ('--onednn-convs', args.onednn_convs)):
+                     ('--onednn-convs', args.onednn_convs),
+                     ('--plain-inference', args.plain_inference)):
         if on and not args.config:
             sys.exit(f'error: {flag} applies to whole models given by --config')
     if args.cuda_graph and not args.device.startswith('cuda'):
@@ -155,7 +160,8 @@ def main(argv=None):
                                    (False, True) if args.cuda_graph else (False,),
                                    (False, True) if args.channels_last else (False,),
                                    (True, False) if args.onednn_convs else (True,),
-                                   (False, True) if args.compile else (False,))
+                                   (False, True) if args.compile else (False,),
+                                   (True, False) if args.plain_inference else (True,))
         except ValueError as err:
             sys.exit(f'error: {err}')
     else:

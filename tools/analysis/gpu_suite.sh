@@ -28,6 +28,8 @@
 # at CAP_MIB, default 1192 = the 1.25 GB target, above weights and inputs: cuDNN then takes
 # algorithms whose workspaces fit), memory_tf32.json (that inference's peak per leaf module:
 # the memory in use when each call starts and its transient peak, module_memory.py),
+# tf32_plain.{json,png} (LRF-Dyn's inference at TF32, BNs kept / folded, lean as configured and
+# with lean inference off: what the row strips and released maps cost or save in time),
 # fused.{json,png} (1x1024x2048 inference: BNs kept / folded into the convs, eager / one CUDA
 # graph; the graph's memory is its capture peak, graph_pool_mib),
 # compiled.{json,png} (LRF-Dyn's inference, eager and under torch.compile; compile_s is the
@@ -39,7 +41,8 @@
 # under torch.compile).
 # SUITE_STEPS="name ..." runs only the named steps (the others are logged as not selected), e.g.
 # SUITE_STEPS="graph_tests tf32_wscap" for a short rerun.
-# TF32 is off (fp32 parity) except in tf32_convs, tf32_wscap, tf32_cap and memory_tf32; bf16 rows
+# TF32 is off (fp32 parity) except in tf32_convs, tf32_wscap, tf32_cap, memory_tf32 and
+# tf32_plain; bf16 rows
 # use autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -69,9 +72,10 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
-STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap tf32_cap memory_tf32 fused
-       compiled profile profile_fused profile_train_official profile_train_lrf_dyn channels_last
-       conv compiled_train)  # every step below, in order (SUITE_STEPS is checked against it)
+STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap tf32_cap memory_tf32
+       tf32_plain fused compiled profile profile_fused profile_train_official
+       profile_train_lrf_dyn channels_last conv compiled_train)
+# (every step below, in order; SUITE_STEPS is checked against it)
 for name in ${SUITE_STEPS:-}; do
     if [[ " ${STEPS[*]} " != *" $name "* ]]; then
         echo "SUITE_STEPS: unknown step '$name'; the steps are: ${STEPS[*]}" >&2
@@ -158,6 +162,10 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     step memory_tf32 $((LIMIT / 3)) $PY tools/analysis/module_memory.py "$MODEL" \
         --variant lrf_dyn --resolution ${RES_FAST} --device ${DEVICE} --fuse-conv-bn \
         --tf32 convs --out "$RAW/memory_tf32" | grep -v Warning
+    # lean inference (row strips, released maps; on in the configs) against plain, same run
+    step tf32_plain $((LIMIT / 2)) $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants lrf_dyn --resolution ${RES_FAST} --modes infer "${ARGS[@]}" \
+        --fuse-conv-bn --tf32 convs --plain-inference --out "$RAW/tf32_plain"
     # whole-model inference with every BN folded into its conv (tools/test.py --fuse-conv-bn)
     # and (GPU) replayed as one CUDA graph, every combination in one run
     step fused $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
