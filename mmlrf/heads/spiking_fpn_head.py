@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from ..conv import RoutedConv2d
 from ..neurons import build_neuron
-from .spiking_fpn_neck import release, releases_inputs, spike_map
 from ..strips import conv_bn_over_input
+from .spiking_fpn_neck import release, releases_inputs, spike_map
 
 #: A level's full-resolution map is added to the sum over this many channel chunks, so only
 #: one chunk of it exists at a time (bilinear resizing is per channel: the same sum).
