@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
 from mmlrf.backbones.sdt_v3 import ConvBlock
 from mmlrf.heads import SpikingFPN, SpikingFPNHead
-from mmlrf.hooks import set_lean_inference
 from mmlrf.heads.spiking_fpn_neck import add_nearest_resized, nearest_resize, spike_map
+from mmlrf.hooks import set_lean_inference
 from mmlrf.neurons import MultiSpike, MultiStepLIF, spike_temporary
+from batchnorm_stats import randomise_batchnorms
 
 IN_CHANNELS = [4, 8, 12, 16]
 WIDTH = 8
@@ -30,11 +31,7 @@ def build(release: bool, width: int = WIDTH, in_channels=IN_CHANNELS,
     neck = SpikingFPN(in_channels, width, neuron=neuron, release_inputs=release)
     head = SpikingFPNHead(in_channels=[width] * 4, channels=width, num_classes=3,
                           in_index=[0, 1, 2, 3], neuron=neuron, release_inputs=release)
-    for m in [*neck.modules(), *head.modules()]:  # non-trivial batch-norm statistics
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return neck.eval(), head.eval()
+    return randomise_batchnorms(neck).eval(), randomise_batchnorms(head).eval()
 
 
 def features(size: tuple[int, int], in_channels=IN_CHANNELS, batch: int = 2) -> list:

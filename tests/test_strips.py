@@ -16,6 +16,7 @@ from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
 from mmlrf.backbones.sdt_v3 import ConvBlock
 from mmlrf.conv import RoutedConv2d
 from mmlrf.strips import conv_bn_over_input, keeps_shape, row_strips, whole_maps
+from batchnorm_stats import randomise_batchnorms
 
 
 def conv_and_bn(channels: int, kernel: int = 3, dilation: int = 1, groups: int = 1,
@@ -27,14 +28,6 @@ def conv_and_bn(channels: int, kernel: int = 3, dilation: int = 1, groups: int =
     if folded:
         return conv, nn.Identity()
     return conv, randomise_batchnorms(nn.BatchNorm2d(channels)).eval()
-
-
-def randomise_batchnorms(module: nn.Module) -> nn.Module:
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-    return module
 
 
 def spikes(shape, channels_last: bool = False) -> torch.Tensor:
