@@ -110,6 +110,32 @@ def conv_bn_over_input(conv: nn.Conv2d, bn: nn.Module, x: Tensor, strips: int = 
     return memory_of(x)
 
 
+def batch_norm_in_place(bn: nn.Module, y: Tensor, strips: int = STRIPS) -> Tensor:
+    """``bn(y)`` for a temporary ``y`` ``[B, C, H, W]`` (a conv's output), written over ``y``.
+
+    When :func:`strips_allowed` (``bn`` per-channel affine), the rows are normalised in
+    :func:`row_strips`, each strip written back at once: about two strips of extra memory
+    instead of a second whole map. Each strip is first copied out contiguous in ``y``'s layout,
+    so the BN runs the kernel it runs on the whole map: the values are equal bit for bit (on
+    the CPU in the tests). Otherwise ``bn(y)`` as usual; ``Identity`` (a folded BN) returns ``y``.
+
+    Raises:
+        ValueError: ``strips`` is not a positive integer.
+
+    Returns:
+        Tensor: ``[B, C, H, W]``: ``y``, overwritten, or a new map.
+    """
+    check_positive_int(strips, 'strips')
+    if isinstance(bn, nn.Identity) or not strips_allowed(y, (), (bn,)):
+        return bn(y)
+    layout = torch.channels_last if not y.is_contiguous() and \
+        y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    for top, bottom, values in row_strips(lambda t: bn(t.contiguous(memory_format=layout)), y, 0,
+                                          strips):
+        y[..., top:bottom, :].copy_(values)
+    return y
+
+
 def memory_of(x: Tensor) -> Tensor:
     """A tensor over ``x``'s memory with its shape and strides that is not a view of ``x``:
     emptying it (``set_()``) frees the memory once ``x`` is gone. (Emptying a view does not:

@@ -99,6 +99,21 @@ def test_release_is_off_while_autograd_records_and_by_default():
         assert all(t.numel() > 0 for t in mid)
 
 
+@pytest.mark.parametrize('release', [False, True])
+def test_released_lateral_bn_overwrites_the_conv_output(release):
+    """With release, each lateral BN writes over its conv's output, and so, in turn, do the
+    spikes and the output conv: the neck's outputs lie in the lateral convs' outputs. Without
+    release, the BN makes a map of its own (the plain computation)."""
+    neck, _ = build(release)
+    conv_outs = []  # kept alive, so that no later map can take over their memory
+    for pair in neck.lateral_convs:
+        pair[0].register_forward_hook(lambda m, args, out: conv_outs.append(out))
+    with torch.no_grad():
+        outs = neck(features((32, 48)))
+    same = [out.data_ptr() == conv_out.data_ptr() for out, conv_out in zip(outs, conv_outs)]
+    assert same == [release] * 4
+
+
 def test_release_under_inference_mode_and_of_inference_tensors():
     """Inside ``torch.inference_mode`` the maps are released as under ``no_grad``. Maps made
     in inference mode but passed in outside it cannot be changed (PyTorch refuses): they are

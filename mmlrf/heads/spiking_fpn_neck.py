@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..layers import ConvBN
 from ..neurons import build_neuron, spike_temporary, writable
-from ..strips import conv_bn_over_input
+from ..strips import batch_norm_in_place, conv_bn_over_input
 
 
 def nearest_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -61,10 +61,13 @@ def release(x: Tensor) -> None:
         x.set_()
 
 
-def spike_conv_bn(pair: ConvBN, spikes: Tensor) -> Tensor:
+def spike_conv_bn(pair: ConvBN, spikes: Tensor, bn_in_place: bool = False) -> Tensor:
     """``pair[1](pair[0](spikes))`` on a single-step ``[B, C, H, W]`` map (the conv, a
-    :class:`~mmlrf.conv.RoutedConv2d`, saves multi-spike input as its 1-byte code)."""
-    return pair[1](pair[0](spikes))
+    :class:`~mmlrf.conv.RoutedConv2d`, saves multi-spike input as its 1-byte code);
+    ``bn_in_place``: the BN overwrites the conv's output
+    (:func:`~mmlrf.strips.batch_norm_in_place`)."""
+    y = pair[0](spikes)
+    return batch_norm_in_place(pair[1], y) if bn_in_place else pair[1](y)
 
 
 @MODELS.register_module()
@@ -86,13 +89,14 @@ class SpikingFPN(BaseModule):
             are not part of the official neck). None means ``len(in_channels)``.
         neuron (dict): neuron config. Official: ``MultiSpike`` with D = 4 and ``norm`` = the
             config's ``T`` (4), i.e. ``dict(type='MultiSpike', max_value=4, norm=4)``.
-        release_inputs (bool): at inference (autograd off), spike each input map in place and
-            empty it (:func:`release`) once its lateral conv has read it, so the backbone's
-            maps are freed before the big stride-2 conv runs; add the top-down ×2 resizes
-            without making them (:func:`add_nearest_resized`); and write each output conv's
-            result over its spikes, strip by strip
-            (:func:`~mmlrf.strips.conv_bn_over_input`). The caller's tensors come
-            back empty: only for pipelines that do not read them again (mmseg's
+        release_inputs (bool): at inference (autograd off), spike each input map in place,
+            normalise its lateral conv's output in place
+            (:func:`~mmlrf.strips.batch_norm_in_place`: no BN map beside the conv's) and empty
+            the input (:func:`release`), so the backbone's maps are freed before the big
+            stride-2 conv runs; add the top-down ×2 resizes without making them
+            (:func:`add_nearest_resized`); and write each output conv's result over its spikes,
+            strip by strip (:func:`~mmlrf.strips.conv_bn_over_input`). The caller's tensors
+            come back empty: only for pipelines that do not read them again (mmseg's
             ``EncoderDecoder``). Default False.
         init_cfg (dict | list[dict] | None): mmengine init config.
 
@@ -133,7 +137,8 @@ class SpikingFPN(BaseModule):
         free = releases_inputs(self.release_inputs)
         laterals = []
         for conv, spike, x in zip(self.lateral_convs, self.lateral_convs_spikes, inputs):
-            laterals.append(spike_conv_bn(conv, spike_map(spike, x, inplace=free)))
+            laterals.append(spike_conv_bn(conv, spike_map(spike, x, inplace=free),
+                                          bn_in_place=free))
             if free:
                 release(x)
         for i in range(len(laterals) - 1, 0, -1):
