@@ -42,8 +42,7 @@
 # SUITE_STEPS="name ..." runs only the named steps (the others are logged as not selected), e.g.
 # SUITE_STEPS="graph_tests tf32_wscap" for a short rerun.
 # TF32 is off (fp32 parity) except in tf32_convs, tf32_wscap, tf32_cap, memory_tf32 and
-# tf32_plain; bf16 rows
-# use autocast (models) / bf16 tensors (ops).
+# tf32_plain; bf16 rows use autocast (models) / bf16 tensors (ops).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SITE_PKGS=(addict ftfy importlib_metadata lazy_importer mmcv mmengine mmpretrain mmseg modelindex
