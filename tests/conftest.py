@@ -34,3 +34,10 @@ def eager_compile(monkeypatch):
         return torch_compile(fn, backend='eager', **kwargs)
     monkeypatch.setattr(torch, 'compile', compile_eager)
     yield compiled
+
+
+@pytest.fixture
+def strips_on_small_maps(monkeypatch):
+    """Row strips (:mod:`mmlrf.strips`) on the tests' small maps too, which would otherwise
+    run whole (``MIN_STRIP_BYTES``)."""
+    monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', 0)

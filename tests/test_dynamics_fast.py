@@ -13,7 +13,8 @@ from packaging.version import Version
 import mmlrf  # noqa: F401  (before mmseg.models)
 from mmlrf.attention.dynamics import (PARAMETERIZATIONS, DendriticDynamics, fft_conv,
                                       recurrent_scan)
-from mmlrf.attention.dynamics_scan import causal_toeplitz, chunked_scan, streaming_scan
+from mmlrf.attention.dynamics_scan import (causal_toeplitz, chunk_length, chunked_scan,
+                                          streaming_scan)
 
 from compiled_graphs import SCATTER_ADDS, backward_ops
 
@@ -45,13 +46,13 @@ def outputs_and_grads(module, x, weight, mode):
 
 
 @pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
-@pytest.mark.parametrize('chunk_size', [16, 128])
+@pytest.mark.parametrize('chunk_size', [2, 128])
 @pytest.mark.parametrize('bidirectional', [False, True])
 @pytest.mark.parametrize('order', ORDERS)
 @pytest.mark.parametrize('mode', CPU_FAST)
 def test_cpu_fast_paths_equal_reference(mode, order, bidirectional, chunk_size,
                                         parameterization):
-    """N = 7·9 = 63: a partial last chunk (L=16) and a single short chunk (L=128)."""
+    """N = 7·9 = 63: partial last chunks of L = 2 and of L = chunk_length(63) = 4 (cap 128)."""
     module = make(order=order, bidirectional=bidirectional, chunk_size=chunk_size,
                   parameterization=parameterization).double()
     x = torch.randn(2, 3, 7, 9, dtype=torch.float64)
@@ -90,6 +91,50 @@ def test_chunked_scans_extreme_decays(scan):
     ref = recurrent_scan(u, torch.exp(log_a), torch.ones_like(w), w, d)
     assert rel_err(fft_conv(u, log_a, w, d), ref) < 1e-10
     assert rel_err(scan(u, log_a, w, d, 32), ref) < 1e-12
+
+
+@pytest.mark.parametrize('chunk_size', [1, 5, 32, 64])
+def test_chunk_length_is_the_largest_power_of_two_with_square_at_most_n(chunk_size):
+    """Capped at ``chunk_size`` (any positive length); below the cap a power of two."""
+    for n in range(1, 5000):
+        length = chunk_length(n, chunk_size)
+        assert 1 <= length <= chunk_size and length * length <= n, (n, length)
+        if length < chunk_size:
+            assert length & (length - 1) == 0 and 4 * length * length > n, (n, length)
+
+
+@pytest.mark.parametrize('mode, scan', [('scan', 'chunked_scan'), ('stream', 'streaming_scan')])
+def test_module_scans_in_chunks_of_chunk_length(mode, scan, monkeypatch):
+    """The module passes ``chunk_length(N, chunk_size)`` to the scan, in both directions."""
+    import mmlrf.attention.dynamics as dynamics
+    lengths = []
+    real = getattr(dynamics, scan)
+
+    def spy(*args):
+        lengths.append(args[-1])
+        return real(*args)
+    monkeypatch.setattr(dynamics, scan, spy)
+    module = make(mode=mode, bidirectional=True, chunk_size=16)
+    with torch.no_grad():
+        module(torch.randn(1, 3, 10, 10))   # N = 100: L = 8
+        module(torch.randn(1, 3, 30, 40))   # N = 1200: L = 32, capped at 16
+    assert lengths == [8, 8, 16, 16]
+
+
+def test_chunked_scan_in_one_chunk_has_the_reference_gradients():
+    """L ≥ N: one chunk, no state carried in (the backward's no-carry branch)."""
+    torch.manual_seed(5)
+    leaves = [torch.randn(2, 3, 20, dtype=torch.float64), -torch.rand(3, 4, dtype=torch.float64),
+              torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
+    g = torch.randn(2, 3, 20, dtype=torch.float64)
+
+    def grads(fn):
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        y = fn(*inputs)
+        y.backward(g)
+        return [y.detach()] + [t.grad for t in inputs]
+    for got, ref in zip(grads(lambda *t: chunked_scan(*t, 32)), grads(fft_conv)):
+        assert rel_err(got, ref) < 1e-10
 
 
 def test_chunked_scan_keeps_only_its_inputs_for_backward():

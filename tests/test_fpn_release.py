@@ -20,6 +20,9 @@ from mmlrf.hooks import set_lean_inference
 from mmlrf.neurons import MultiSpike, MultiStepLIF, spike_temporary
 from batchnorm_stats import randomise_batchnorms
 
+# The tests' maps are small: strips on them too (the default runs them whole).
+pytestmark = pytest.mark.usefixtures('strips_on_small_maps')
+
 IN_CHANNELS = [4, 8, 12, 16]
 WIDTH = 8
 

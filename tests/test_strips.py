@@ -15,9 +15,13 @@ from torch import nn
 from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
 from mmlrf.backbones.sdt_v3 import ConvBlock
 from mmlrf.conv import RoutedConv2d
-from mmlrf.strips import (batch_norm_in_place, conv_bn_over_input, keeps_shape, row_strips,
-                          whole_maps)
+from mmlrf.strips import (MIN_STRIP_BYTES, batch_norm_in_place, conv_bn_over_input,
+                          keeps_shape, row_strips, whole_maps)
 from batchnorm_stats import randomise_batchnorms
+
+
+# The tests' maps are small: strips on them too (the default runs them whole).
+pytestmark = pytest.mark.usefixtures('strips_on_small_maps')
 
 
 def conv_and_bn(channels: int, kernel: int = 3, dilation: int = 1, groups: int = 1,
@@ -99,15 +103,18 @@ def test_strips_equal_the_whole_map_in_the_inputs_memory(height, strips, kernel,
     assert torch.equal(got, expected)
 
 
-#: Where neither strips nor overwriting apply (for conv + BN, also the conv cases below).
-NOT_IN_PLACE = ['autograd', 'bn_training', 'inference_tensor', 'whole_maps']
+#: Where neither strips nor overwriting apply (for conv + BN, also the conv cases below);
+#: 'small': the default MIN_STRIP_BYTES, which the tests' maps are under.
+NOT_IN_PLACE = ['autograd', 'bn_training', 'inference_tensor', 'whole_maps', 'small']
 
 
 @pytest.mark.parametrize('case, bn_only', [
     *[(case, False) for case in [*NOT_IN_PLACE, 'stride', 'channels', 'valid']],
     *[(case, True) for case in NOT_IN_PLACE]])
-def test_falls_back_where_overwriting_is_wrong(case, bn_only):
+def test_falls_back_where_overwriting_is_wrong(case, bn_only, monkeypatch):
     """``conv_bn_over_input`` (or, ``bn_only``, ``batch_norm_in_place``) computes a new map."""
+    if case == 'small':
+        monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', MIN_STRIP_BYTES)
     conv_args = dict(stride=dict(stride=2), valid=dict(padding=0)).get(case, {})
     conv, bn = conv_and_bn(6, **conv_args)
     if case == 'channels':
@@ -142,6 +149,20 @@ def test_batch_norm_in_place_equals_the_whole_map(height, strips, channels, chan
         given = y.clone(memory_format=torch.preserve_format)
         got = batch_norm_in_place(bn, given, strips)
     assert got is given and torch.equal(got, expected)
+
+
+@pytest.mark.parametrize('bn_only', [False, True])
+def test_maps_of_min_strip_bytes_and_more_run_in_strips(bn_only, monkeypatch):
+    """A map of exactly ``MIN_STRIP_BYTES`` is written over; a byte more and it runs whole."""
+    conv, bn = conv_and_bn(6)
+    x = spikes((2, 6, 12, 11))
+    run = (lambda t: batch_norm_in_place(bn, t)) if bn_only else \
+        (lambda t: conv_bn_over_input(conv, bn, t))
+    with torch.no_grad():
+        for threshold, in_place in [(x.nbytes, True), (x.nbytes + 1, False)]:
+            monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', threshold)
+            given = x.clone()
+            assert (run(given).data_ptr() == given.data_ptr()) == in_place, threshold
 
 
 def test_batch_norm_in_place_of_a_folded_bn_and_bad_strips():
@@ -214,4 +235,5 @@ def test_strips_lower_the_peak_by_most_of_a_map():
 
 
 if __name__ == '__main__':  # the CPU measurement of test_strips_lower_the_peak_by_most_of_a_map
+    mmlrf.strips.MIN_STRIP_BYTES = 0  # the block's 2 MiB map in strips too
     print(json.dumps(measure_peaks()))

@@ -74,7 +74,7 @@ from mmseg.registry import MODELS
 from torch import Tensor, nn
 
 from ..layers import check_positive_int
-from .dynamics_scan import chunked_scan, streaming_scan
+from .dynamics_scan import chunk_length, chunked_scan, streaming_scan
 
 DYNAMICS_MODES = ('fft', 'recurrent', 'scan', 'stream', 'triton', 'auto')
 PARAMETERIZATIONS = ('modal', 'tridiagonal')
@@ -238,7 +238,8 @@ class DendriticDynamics(BaseModule):
             after initialisation) or 'tridiagonal' (learn leaks and couplings; re-diagonalise).
         dt_min (float): smallest step size Δ (> 0).
         dt_max (float): largest step size Δ (≥ dt_min).
-        chunk_size (int): chunk length L of the ``'scan'`` and ``'stream'`` modes.
+        chunk_size (int): the longest chunk L of the ``'scan'`` and ``'stream'`` modes (shorter
+            sequences take shorter chunks: :func:`~.dynamics_scan.chunk_length`).
         init_cfg (dict | None): mmengine init config.
 
     Learnable parameters (``D`` = 2 directions if bidirectional else 1):
@@ -251,7 +252,7 @@ class DendriticDynamics(BaseModule):
     def __init__(self, channels: int, num_dendrites: int = 8, mode: str = 'fft',
                  bidirectional: bool = False, order: str = 'raster',
                  parameterization: str = 'modal', dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, chunk_size: int = 64,
+                 dt_max: float = 1e-1, chunk_size: int = 32,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
         channels = check_positive_int(channels, 'channels')
@@ -473,10 +474,9 @@ class DendriticDynamics(BaseModule):
             y = fft_conv(seq, log_a, b * c, d)
         elif mode == 'recurrent':
             y = recurrent_scan(seq, torch.exp(log_a), b, c, d)
-        elif mode == 'scan':
-            y = chunked_scan(seq, log_a, b * c, d, self.chunk_size)
         else:
-            y = streaming_scan(seq, log_a, b * c, d, self.chunk_size)
+            scan = chunked_scan if mode == 'scan' else streaming_scan
+            y = scan(seq, log_a, b * c, d, chunk_length(seq.shape[-1], self.chunk_size))
         return (y.flip(-1) if reverse else y).to(u.dtype)
 
     def forward(self, x: Tensor) -> Tensor:

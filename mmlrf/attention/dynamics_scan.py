@@ -19,12 +19,25 @@ All powers are ``exp(m log ā)`` with m ≥ 0 and log ā ≤ 0, so nothing can o
 - :func:`streaming_scan` (mode ``'stream'``): chunk after chunk, carrying only the ``[B, C, k]``
   state; extra memory beyond input and output is O(C·k + C·L²) (state and chunk operators) plus
   one chunk of activations, independent of N.
+
+The dynamics module picks L with :func:`chunk_length`.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def chunk_length(n: int, chunk_size: int) -> int:
+    """The chunk length L for sequences of ``n`` tokens: the largest power of two whose square
+    is at most ``n``, and at most ``chunk_size``. The ``[C, L, L]`` chunk operator is then never
+    larger than one ``[C, N]`` sequence (at N = 64 and C = 1440, L = 64 built a 22.5 MiB
+    operator for a 0.35 MiB input), and the Toeplitz product's work, C·N·L, stays small
+    against the state path's (docs/benchmarks.md, thirty-sixth session)."""
+    return min(chunk_size, 1 << (math.isqrt(max(n, 1)).bit_length() - 1))
 
 
 def causal_toeplitz(kernel: Tensor) -> Tensor:
