@@ -14,8 +14,9 @@ from .neurons import writable
 
 #: Row strips per map (each holds ``1 / STRIPS`` of the map's rows).
 STRIPS = 8
-#: Maps smaller than this run whole: their strips would save little memory and cost calls and
-#: halo rows (measured in docs/benchmarks.md, thirty-sixth session).
+#: Maps smaller than this run whole (a conv block counts its wider hidden map): their strips
+#: would save little memory and cost calls and halo rows (docs/benchmarks.md, thirty-sixth
+#: session).
 MIN_STRIP_BYTES = 4 << 20
 
 _whole_maps_depth = 0
@@ -44,13 +45,15 @@ def keeps_shape(conv: nn.Conv2d) -> bool:
 
 
 def strips_allowed(x: Tensor, convs: tuple[nn.Conv2d, ...], norms: tuple[nn.Module, ...]) -> bool:
-    """Whether ``x`` may be computed on over strips and written to: autograd off, outside
-    ``torch.compile`` and :func:`whole_maps`, a writable ``x`` of at least
-    :data:`MIN_STRIP_BYTES`, ``convs`` that :func:`keeps_shape` and per-channel affine
-    ``norms`` (eval-mode BatchNorms, or ``Identity`` after folding)."""
+    """Whether ``x`` ``[..., C, H, W]`` may be computed on over strips and written to: autograd
+    off, outside ``torch.compile`` and :func:`whole_maps`, a writable ``x``, ``convs`` that
+    :func:`keeps_shape` and per-channel affine ``norms`` (eval-mode BatchNorms, or ``Identity``
+    after folding), and a largest map (``x``, or the widest conv output) of at least
+    :data:`MIN_STRIP_BYTES`."""
     affine = all(isinstance(n, nn.Identity) or (isinstance(n, _BatchNorm) and not n.training)
                  for n in norms)
-    big = x.numel() * x.element_size() >= MIN_STRIP_BYTES
+    widest = max((x.shape[-3], *(c.out_channels for c in convs)))
+    big = x.nbytes * widest >= MIN_STRIP_BYTES * max(x.shape[-3], 1)
     return (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and affine and big
             and not _whole_maps_depth and all(keeps_shape(c) for c in convs) and writable(x))
 

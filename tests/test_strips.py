@@ -16,7 +16,7 @@ from mmlrf.analysis.memory import CPU_MEASURE_ENV, MIB, peak_memory_mib
 from mmlrf.backbones.sdt_v3 import ConvBlock
 from mmlrf.conv import RoutedConv2d
 from mmlrf.strips import (MIN_STRIP_BYTES, batch_norm_in_place, conv_bn_over_input,
-                          keeps_shape, row_strips, whole_maps)
+                          keeps_shape, row_strips, strips_allowed, whole_maps)
 from batchnorm_stats import randomise_batchnorms
 
 
@@ -163,6 +163,20 @@ def test_maps_of_min_strip_bytes_and_more_run_in_strips(bn_only, monkeypatch):
             monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', threshold)
             given = x.clone()
             assert (run(given).data_ptr() == given.data_ptr()) == in_place, threshold
+
+
+def test_the_threshold_counts_the_widest_conv_output(monkeypatch):
+    """A conv block's strips keep its hidden map (4x its channels) from existing whole: they run
+    when that map reaches ``MIN_STRIP_BYTES``, however small the block's input."""
+    x = spikes((1, 1, 4, 8, 8))
+    widen, narrow = nn.Conv2d(4, 16, 3, padding=1), nn.Conv2d(16, 4, 3, padding=1)
+    with torch.no_grad():
+        monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', 4 * x.nbytes)
+        assert strips_allowed(x, (widen, narrow), ())
+        assert not strips_allowed(x, (nn.Conv2d(4, 4, 3, padding=1),), ())
+        assert not strips_allowed(x, (), ())
+        monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', 4 * x.nbytes + 1)
+        assert not strips_allowed(x, (widen, narrow), ())
 
 
 def test_batch_norm_in_place_of_a_folded_bn_and_bad_strips():
