@@ -35,8 +35,8 @@ def chunk_length(n: int, chunk_size: int) -> int:
     """The chunk length L for sequences of ``n`` tokens: the largest power of two whose square
     is at most ``n``, and at most ``chunk_size``. The ``[C, L, L]`` chunk operator is then never
     larger than one ``[C, N]`` sequence (at N = 64 and C = 1440, L = 64 built a 22.5 MiB
-    operator for a 0.35 MiB input), and the Toeplitz product's work, C·N·L, stays small
-    against the state path's (docs/benchmarks.md, thirty-sixth session)."""
+    operator for a 0.35 MiB input), and the Toeplitz product's work, C·N·L, stays low: L from
+    8 to 32 was the fastest on the CPU (docs/benchmarks.md, thirty-sixth session)."""
     return min(chunk_size, 1 << (math.isqrt(max(n, 1)).bit_length() - 1))
 
 
@@ -149,7 +149,7 @@ class _ChunkedScan(torch.autograd.Function):
         return g_chunks, g_log_a, g_w, None
 
 
-def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int = 64) -> Tensor:
+def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int = 32) -> Tensor:
     """Causal dendritic dynamics over ``[B, C, N]``, all chunks in parallel (exact, differentiable).
 
     For backward it keeps only ``u`` (no copy when L divides N) and the ``[C, k]`` parameters
@@ -176,7 +176,7 @@ def chunked_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor, chunk_size: int
 
 
 def streaming_scan(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor,
-                   chunk_size: int = 64) -> Tensor:
+                   chunk_size: int = 32) -> Tensor:
     """Causal dendritic dynamics chunk after chunk with a ``[B, C, k]`` carried state.
 
     Same arguments, result and exactness as :func:`chunked_scan`; extra memory is independent of N.
