@@ -249,5 +249,4 @@ def test_strips_lower_the_peak_by_most_of_a_map():
 
 
 if __name__ == '__main__':  # the CPU measurement of test_strips_lower_the_peak_by_most_of_a_map
-    mmlrf.strips.MIN_STRIP_BYTES = 0  # the block's 2 MiB map in strips too
     print(json.dumps(measure_peaks()))
