@@ -45,6 +45,15 @@ def outputs_and_grads(module, x, weight, mode):
     return y.detach(), [x.grad] + [p.grad.clone() for p in module.parameters()]
 
 
+def scan_outputs_and_grads(scan, leaves, grad):
+    """``[y, du, d log_a, dw, dd]`` of ``y = scan(u, log_a, w, d)`` on fresh copies of
+    ``leaves``, back-propagating ``grad`` (dL/dy)."""
+    leaves = [t.clone().requires_grad_() for t in leaves]
+    y = scan(*leaves)
+    y.backward(grad)
+    return [y.detach()] + [t.grad for t in leaves]
+
+
 @pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
 @pytest.mark.parametrize('chunk_size', [2, 128])
 @pytest.mark.parametrize('bidirectional', [False, True])
@@ -127,13 +136,8 @@ def test_chunked_scan_in_one_chunk_has_the_reference_gradients():
     leaves = [torch.randn(2, 3, 20, dtype=torch.float64), -torch.rand(3, 4, dtype=torch.float64),
               torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)]
     g = torch.randn(2, 3, 20, dtype=torch.float64)
-
-    def grads(fn):
-        inputs = [t.clone().requires_grad_() for t in leaves]
-        y = fn(*inputs)
-        y.backward(g)
-        return [y.detach()] + [t.grad for t in inputs]
-    for got, ref in zip(grads(lambda *t: chunked_scan(*t, 32)), grads(fft_conv)):
+    for got, ref in zip(scan_outputs_and_grads(lambda *t: chunked_scan(*t, 32), leaves, g),
+                        scan_outputs_and_grads(fft_conv, leaves, g)):
         assert rel_err(got, ref) < 1e-10
 
 
@@ -164,17 +168,11 @@ def test_chunked_scan_trains_under_torch_compile():
     import torch._dynamo
     torch._dynamo.reset()
     torch.manual_seed(4)
-    u = torch.randn(2, 6, 50)
-    log_a, w, d = -torch.rand(6, 4), torch.randn(6, 4), torch.randn(6)
+    leaves = [torch.randn(2, 6, 50), -torch.rand(6, 4), torch.randn(6, 4), torch.randn(6)]
     g = torch.randn(2, 6, 50)
-
-    def grads(fn):
-        leaves = [t.clone().requires_grad_() for t in (u, log_a, w, d)]
-        y = fn(*leaves, 16)
-        y.backward(g)
-        return [y.detach()] + [t.grad for t in leaves]
-    expect = grads(chunked_scan)
-    got = grads(torch.compile(chunked_scan, backend='aot_eager', fullgraph=True))
+    compiled = torch.compile(chunked_scan, backend='aot_eager', fullgraph=True)
+    expect = scan_outputs_and_grads(lambda *t: chunked_scan(*t, 16), leaves, g)
+    got = scan_outputs_and_grads(lambda *t: compiled(*t, 16), leaves, g)
     for a, b in zip(got, expect):
         assert rel_err(a, b) < 1e-6
 
