@@ -17,8 +17,9 @@
 # step and at the end, so a run stopped at its limit still returns what its finished steps wrote
 # (the device returns at most 8 files; unpack with tar xzf suite.tgz). The archive holds, in this
 # order: kernel_tests.log (GPU only: the CUDA tests of the Triton kernels and the profiler),
-# graph_tests.log (GPU only: the CUDA-graph tests, in a process of their own with
-# CUDA_LAUNCH_BLOCKING=1: a fault names its kernel and cannot poison the other tests' context),
+# graph_tests.log (GPU only: the CUDA-graph tests and lean against plain inference, in a process
+# of their own with CUDA_LAUNCH_BLOCKING=1: a fault names its kernel and cannot poison the other
+# tests' context),
 # dynamics.json (operator alone, parameter path per parameterisation), issue5.{json,png} (the
 # preset: operators, 1x1024x2048 inference, 8x512x512 training step), tf32_convs.{json,png} (the
 # inference, BNs kept / folded, at PyTorch's default precision: TF32 in cuDNN convolutions, fp32
@@ -134,9 +135,11 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
         step kernel_tests 100 $PY -m pytest tests/test_dynamics_fast.py tests/test_analysis.py \
             -q -k "triton or cuda" -p no:cacheprovider --durations=8 2>&1 \
             | tee "$RAW/kernel_tests.log" | tail -14
-        # the CUDA-graph replay against eager inference, synchronous launches
-        step graph_tests 40 env CUDA_LAUNCH_BLOCKING=1 $PY -m pytest tests/test_cuda_graph.py -q \
-            -p no:cacheprovider 2>&1 | tee "$RAW/graph_tests.log" | tail -14
+        # the CUDA-graph replay against eager inference, and lean inference (row strips)
+        # against plain, synchronous launches; -rP: the lean tests print how far they were
+        step graph_tests 60 env CUDA_LAUNCH_BLOCKING=1 $PY -m pytest tests/test_cuda_graph.py \
+            tests/test_lean_inference_devices.py -q -rP -p no:cacheprovider 2>&1 \
+            | tee "$RAW/graph_tests.log" | grep -E "max \|lean|passed|failed|Error" | tail -20
     fi
     # the dendritic operator alone: floor, triton / scan / fft, fp32 and bf16
     step dynamics 65 $PY tools/analysis/bench_dynamics_gpu.py ${SMOKE:+--smoke} --budget 45 \
