@@ -146,13 +146,15 @@ def cuda_memory_cap(device: torch.device, cap_mib: float | None) -> Iterator[Non
     if device.type != 'cuda':
         raise ValueError(f'a memory cap needs a CUDA device, got {device}')
     release_garbage(device)
-    total = torch.cuda.get_device_properties(device).total_memory
-    allowed = torch.cuda.memory_reserved(device) + cap_mib * MIB
-    torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), device)
+    # the fraction's setter takes an index (a bare 'cuda' device is refused): the current one
+    index = torch.cuda.current_device() if device.index is None else device.index
+    total = torch.cuda.get_device_properties(index).total_memory
+    allowed = torch.cuda.memory_reserved(index) + cap_mib * MIB
+    torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), index)
     try:
         yield
     finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
