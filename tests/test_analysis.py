@@ -414,16 +414,6 @@ def test_benchmark_onednn_convs_twin(monkeypatch):
             tool.main(argv)
 
 
-@pytest.fixture
-def cuda_precision():
-    """Restores the process-wide CUDA precision flags after the test."""
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-             torch.backends.cudnn.benchmark)
-    yield
-    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-     torch.backends.cudnn.benchmark) = saved
-
-
 @pytest.mark.parametrize('argv, flags', [
     ([], (False, False, False)),
     (['--tf32'], (True, True, False)),                       # a bare --tf32 is 'all', as before

@@ -3,8 +3,6 @@ same built model, on the CPU and on CUDA (skipped without it). On the CPU the va
 bit the plain ones. cuDNN picks its algorithm per shape, so a strip may round differently from
 the whole map: CUDA is held to float tolerance, and each CUDA test prints how far it was
 (``pytest -rP`` shows it; the GPU suite's ``graph_tests`` step runs these tests so)."""
-import contextlib
-
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import pytest
 import torch
@@ -20,17 +18,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUD
 DEVICES = ['cpu', pytest.param('cuda', marks=needs_cuda)]
 
 
-@contextlib.contextmanager
-def cudnn_tf32(enabled: bool):
-    """TF32 in cuDNN convolutions on or off (matrix products in true fp32) for the block."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    bm.set_cuda_precision('convs' if enabled else 'off')
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def report(name: str, got: torch.Tensor, expected: torch.Tensor) -> str:
     """One line: the largest absolute difference and how many elements differ."""
     diff = (got - expected).abs()
@@ -39,7 +26,7 @@ def report(name: str, got: torch.Tensor, expected: torch.Tensor) -> str:
             f'elements differ')
 
 
-@pytest.mark.usefixtures('strips_on_small_maps')
+@pytest.mark.usefixtures('strips_on_small_maps', 'cuda_precision')
 @pytest.mark.parametrize('device', DEVICES)
 def test_lean_inference_matches_plain_inference(device):
     """The toy LRF-Dyn config (SDT-V3 conv blocks in strips, the FPN releasing its inputs),
@@ -50,7 +37,8 @@ def test_lean_inference_matches_plain_inference(device):
     randomise_batchnorms(model).eval()
     images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1)).to(device)
     outputs = []
-    with cudnn_tf32(False), torch.no_grad():
+    bm.set_cuda_precision('off')
+    with torch.no_grad():
         for lean in (True, False):
             assert set_lean_inference(model, lean) > 0
             outputs.append([*model.backbone(images.clone()),
@@ -66,6 +54,7 @@ def test_lean_inference_matches_plain_inference(device):
 
 
 @needs_cuda
+@pytest.mark.usefixtures('cuda_precision')
 @pytest.mark.parametrize('tf32', [False, True], ids=['fp32', 'tf32'])
 def test_conv_strips_on_cuda_at_the_flagship_necks_shape(tf32):
     """The neck's and head's largest conv at 1×1024×2048 (3×3, 128 → 128 channels, 512×1024,
@@ -75,7 +64,8 @@ def test_conv_strips_on_cuda_at_the_flagship_necks_shape(tf32):
     conv = RoutedConv2d(128, 128, 3, padding=1).cuda()
     bn = randomise_batchnorms(nn.BatchNorm2d(128)).cuda().eval()
     x = torch.randint(0, 5, (1, 128, 512, 1024), device='cuda').float() / 4
-    with cudnn_tf32(tf32), torch.no_grad():
+    bm.set_cuda_precision('convs' if tf32 else 'off')
+    with torch.no_grad():
         expected = bn(conv(x))
         got = conv_bn_over_input(conv, bn, x, 8)
     assert got.data_ptr() == x.data_ptr()  # the strips ran, over the input
