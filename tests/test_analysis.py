@@ -184,9 +184,34 @@ def test_interleaved_timing_groups_cases_and_alternates(monkeypatch):
     # (then each case's back-to-back calls, after the round-robin)
     assert order == ['official', 'ssa_kv'] * 3 + ['official'] * 3 + ['ssa_kv'] * 3
     assert all(len(r['times_ms']) == 3 and r['time_ms'] > 0 for r in timed)
+    assert all(len(r['gc_ms']) == 3 and min(r['gc_ms']) >= 0 for r in timed)
     bad = dict(ops[0], variant='nope')
     timed = bm.time_interleaved([bad, ops[1]], 'cpu', warmup=1, repeats=2)
     assert 'variant' in timed[0]['error'] and len(timed[1]['times_ms']) == 2
+
+
+def test_gc_pauses_records_collections_inside_the_block_only(monkeypatch):
+    """One pause per collection run inside the block (forced here, or triggered by garbage the
+    timed call makes), none after it."""
+    import gc
+
+    from mmlrf.analysis.memory import gc_pauses
+    with gc_pauses() as pauses:
+        gc.collect()
+        gc.collect()
+    assert len(pauses) == 2 and min(pauses) >= 0
+    gc.collect()
+    assert len(pauses) == 2
+    cases = bm.operator_cases(['ssa_kv'], [64], channels=8, heads=2, v_ratio=1)[:1]
+    real = bm._case_work
+
+    def collecting(case, device):
+        fn, info = real(case, device)
+        return (lambda: gc.collect() or fn()), info
+    monkeypatch.setattr(bm, '_case_work', collecting)
+    timed = bm.time_interleaved(cases, 'cpu', warmup=1, repeats=2)
+    assert len(timed[0]['gc_ms']) == 2 and min(timed[0]['gc_ms']) > 0
+    assert 'of 2 calls' in bm.format_row(dict(timed[0], peak_mib=1.0))
 
 
 def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
@@ -272,7 +297,8 @@ def test_memory_cap_on_cuda_bounds_allocations_and_is_lifted():
 def test_bench_dynamics_smoke(tmp_path):
     """``bench_dynamics_gpu.py --smoke`` (CPU, tiny sizes): every path of both dtypes and the
     parameter path of both parameterisations are timed per call (and back to back, below
-    PIPELINED_MAX_MS), and the fast paths match the float64 FFT reference."""
+    PIPELINED_MAX_MS), and the fast paths match the float64 FFT reference. The parameter rows
+    count their ATen operators (the diagonalisation adds some); no fused row off CUDA."""
     out = tmp_path / 'dynamics.json'
     load_tool('analysis/bench_dynamics_gpu').main(
         ['--smoke', '--warmup', '0', '--repeats', '2', '--out', str(out)])
@@ -280,9 +306,12 @@ def test_bench_dynamics_smoke(tmp_path):
     rows = data['rows']
     assert data['info']['device'] == 'cpu' and data['info']['triton_configs'] is None
     assert {(r['dtype'], r['op']) for r in rows} >= {
-        ('float32', 'floor copy'), ('float32', 'params fwd+bwd (modal)'),
-        ('float32', 'params fwd+bwd (tridiagonal)'), ('float32', 'scan fwd+bwd'),
+        ('float32', 'floor copy'), ('float32', 'triton params (ATen)'),
+        ('float32', 'triton params (tridiagonal)'), ('float32', 'scan fwd+bwd'),
         ('bfloat16', 'scan fwd'), ('bfloat16', 'fft fwd+bwd')}
+    ops = {r['op']: r['aten_ops'] for r in rows if 'aten_ops' in r}
+    assert set(ops) == {'triton params (ATen)', 'triton params (tridiagonal)'}
+    assert 0 < ops['triton params (ATen)'] < ops['triton params (tridiagonal)']
     assert all('error' not in r and 'skipped' not in r for r in rows)
     assert all(r['ms'] > 0 and ('ms_pipelined' in r) == (r['ms'] < PIPELINED_MAX_MS)
                and r.get('ms_pipelined', 1) > 0 for r in rows)
@@ -463,9 +492,10 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
     skipped = [ln for ln in proc.stdout.splitlines() if ln.endswith('SKIPPED (suite budget '
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
-    assert names == ['dynamics', 'issue5', 'tf32_convs', 'tf32_wscap', 'tf32_cap', 'memory_tf32',
-                     'tf32_plain', 'fused', 'compiled', 'profile', 'profile_fused', 'profile_train_official',
-                     'profile_train_lrf_dyn', 'channels_last', 'conv', 'compiled_train']
+    assert names == ['dynamics', 'train_interleaved', 'issue5', 'tf32_convs', 'tf32_wscap',
+                     'tf32_cap', 'memory_tf32', 'tf32_plain', 'fused', 'compiled', 'profile',
+                     'profile_fused', 'profile_train_official', 'profile_train_lrf_dyn',
+                     'channels_last', 'conv', 'compiled_train']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
     assert suite_archive_files(out) == []
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()
@@ -661,6 +691,16 @@ class _Reentrant(torch.autograd.Function):
         with torch.enable_grad():
             x = ctx.saved_tensors[0].detach().requires_grad_()
             return torch.autograd.grad(x * 2, x, grad)[0]
+
+
+def test_aten_op_count_counts_operators_not_views():
+    """``(x·2 + 1).sum()`` is three operators; transposes, indexing and unsqueezes are views;
+    a backward run inside the counted call adds its own operators."""
+    from mmlrf.analysis.profile import aten_op_count
+    x = torch.randn(3, 4, requires_grad=True)
+    assert aten_op_count(lambda: (x * 2 + 1).sum()) == 3
+    assert aten_op_count(lambda: (x.t()[0].unsqueeze(0) * 2).sum()) == 2
+    assert aten_op_count(lambda: (x * 2).sum().backward()) > 2
 
 
 def test_profile_of_a_training_step_attributes_backward_nodes():

@@ -250,6 +250,20 @@ def test_bfloat16_input_cpu(mode):
     assert rel_err(y, ref) < 1e-2
 
 
+def triton_interpreter():
+    """Skip unless Triton's interpreter can run here; returns the environment that selects it."""
+    triton = pytest.importorskip('triton')
+    if (Version(triton.__version__) < Version('3.7')
+            and Version(np.__version__) >= Version('2.4')):
+        # the interpreter's scalar loop bounds call int() on a 1-element array, an error since
+        # NumPy 2.4 (a warning before); Triton 3.7 squeezes the array first
+        pytest.skip(f'Triton {triton.__version__} interpreter cannot run on NumPy '
+                    f'{np.__version__}: install triton>=3.7')
+    if torch.cuda.is_available():
+        pytest.skip('CUDA present: the compiled kernels are tested instead of the interpreter')
+    return dict(os.environ, TRITON_INTERPRET='1')
+
+
 INTERPRETER_SCRIPT = textwrap.dedent('''
     import torch, mmlrf
     from mmlrf.attention.dynamics import fft_conv
@@ -310,23 +324,98 @@ def test_triton_kernels_in_interpreter():
     default interpreter tiles run 256-token groups (N = 300, 420, 513 carry the state across
     groups, N = 37 is less than one group); every GPU autotune candidate and the gradient config
     run on N = 2100 (more than one group of each)."""
-    triton = pytest.importorskip('triton')
-    if (Version(triton.__version__) < Version('3.7')
-            and Version(np.__version__) >= Version('2.4')):
-        # the interpreter's scalar loop bounds call int() on a 1-element array, an error since
-        # NumPy 2.4 (a warning before); Triton 3.7 squeezes the array first
-        pytest.skip(f'Triton {triton.__version__} interpreter cannot run on NumPy '
-                    f'{np.__version__}: install triton>=3.7')
-    if torch.cuda.is_available():
-        pytest.skip('CUDA present: the compiled kernels are tested instead of the interpreter')
-    env = dict(os.environ, TRITON_INTERPRET='1')
-    out = subprocess.run([sys.executable, '-c', INTERPRETER_SCRIPT], env=env,
+    out = subprocess.run([sys.executable, '-c', INTERPRETER_SCRIPT], env=triton_interpreter(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout.split('WORST')[-1].split()[0]) < 1e-5, out.stdout
 
 
+DISCRETISE_SCRIPT = textwrap.dedent('''
+    import copy, torch, mmlrf
+    from mmlrf.attention import dynamics_triton
+    from mmlrf.attention.dynamics import DendriticDynamics
+
+    def err(a, b):  # exact zeros (the anti-causal skip) compare as 0, not 0/0
+        diff = (a.double() - b.double()).abs().max()
+        return (diff / b.double().abs().max().clamp_min(1e-30)).item()
+
+    worst = 0.0
+    for seed, (bidirectional, k, spread) in enumerate([(False, 8, 1.0), (True, 5, 1.0),
+                                                        (True, 1, 8.0), (False, 3, 8.0)]):
+        torch.manual_seed(seed)
+        module = DendriticDynamics(37, k, bidirectional=bidirectional)  # 37: partial row block
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(spread * torch.randn_like(p))
+        weights = None
+        results = []
+        # the fused kernels on the fp32 module; the PyTorch path on a float64 copy
+        for fused, net in ((True, module), (False, copy.deepcopy(module).double())):
+            dynamics_triton.fused_discretisation_works = lambda device, fused=fused: fused
+            values = [t for direction in net._triton_parameters() for t in direction]
+            if weights is None:
+                weights = [torch.randn_like(t) for t in values]
+            sum((t * g).sum() for t, g in zip(values, weights)).backward()
+            results.append([t.detach() for t in values] + [p.grad for p in net.parameters()])
+        worst = max([worst] + [err(a, b) for a, b in zip(*results)])
+    print('WORST', worst)
+    print('CHECK', dynamics_triton._fused_discretisation_check(torch.device('cpu')))
+''')
+
+
+def test_fused_discretisation_in_interpreter():
+    """The fused Triton discretisation on CPU (TRITON_INTERPRET=1) gives the module's Triton
+    parameters (log ā, w, d, kernel head per direction) and every parameter gradient of the
+    PyTorch path: causal and bidirectional, k = 8, 5, 3, 1, 37 channels (more than two row
+    blocks, the last partial), raw parameters spread wide (leaks and step sizes near both
+    ends of their ranges). The device check passes on the interpreter."""
+    out = subprocess.run([sys.executable, '-c', DISCRETISE_SCRIPT], env=triton_interpreter(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.split('WORST')[-1].split()[0]) < 2e-7, out.stdout
+    assert out.stdout.split('CHECK')[-1].split()[0] == 'True', out.stdout
+
+
+def test_fused_discretisation_check_falls_back_with_a_warning(monkeypatch):
+    """The device check accepts the reference maths, refuses (with a warning) a kernel that
+    fails to launch or is off by 1e-3, and is never run off CUDA."""
+    pytest.importorskip('triton')
+    from mmlrf.attention import discretise_triton
+    from mmlrf.attention.dynamics import modal_discretisation
+    from mmlrf.attention.dynamics_triton import (_fused_discretisation_check,
+                                                 fused_discretisation_works, kernel_head)
+    check = _fused_discretisation_check.__wrapped__  # uncached
+    cpu = torch.device('cpu')
+    assert not fused_discretisation_works(cpu)
+    if os.environ.get('TRITON_INTERPRET') != '1':  # the compiled kernel cannot take CPU tensors
+        with pytest.warns(UserWarning, match='fused discretisation unavailable'):
+            assert not check(cpu)
+
+    def pytorch(scale):
+        def discretise(leak_raw, dt_raw, b, c, dt_min, dt_max, head):
+            log_a, b_bar, c_mode = modal_discretisation(leak_raw, dt_raw, b, c, dt_min, dt_max)
+            w = b_bar * c_mode
+            return (log_a * scale).float(), w.float(), kernel_head(log_a.detach(), w.detach())
+        return discretise
+
+    monkeypatch.setattr(discretise_triton, 'discretise', pytorch(1.0))
+    assert check(cpu)
+    monkeypatch.setattr(discretise_triton, 'discretise', pytorch(1.001))
+    with pytest.warns(UserWarning, match='fused discretisation inaccurate'):
+        assert not check(cpu)
+
+
 # ---------------------------------------------------------------------------- CUDA / Triton
+@needs_cuda
+def test_fused_discretisation_works_on_cuda():
+    """On a GPU the module takes the fused discretisation (the fallback would hide a kernel
+    that does not compile there); its values are checked by the module tests below."""
+    from mmlrf.attention.dynamics_triton import fused_discretisation_works, triton_available
+    if not triton_available():
+        pytest.skip('no triton')
+    assert fused_discretisation_works(torch.device('cuda', torch.cuda.current_device()))
+
+
 @needs_cuda
 @pytest.mark.parametrize('parameterization', PARAMETERIZATIONS)
 @pytest.mark.parametrize('k', [8, 5])

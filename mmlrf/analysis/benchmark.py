@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from .memory import (CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, check_memory_cap, cuda_memory_cap,
-                     measure, pipelined_ms, time_ms)
+                     gc_pauses, measure, pipelined_ms, time_ms)
 from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
@@ -482,9 +482,11 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
     cases' models and inputs are alive at once. One case is plain sequential timing.
 
     Returns:
-        list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms``,
-        ``images_per_s`` and, where :func:`timed_pipelined`, ``time_ms_pipelined`` (measured
-        after the round-robin); or ``error`` (the other cases go on).
+        list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms``, ``gc_ms`` (per
+        timed call, the time Python's cyclic garbage collector ran during it:
+        :func:`~mmlrf.analysis.memory.gc_pauses`), ``images_per_s`` and, where
+        :func:`timed_pipelined`, ``time_ms_pipelined`` (measured after the round-robin); or
+        ``error`` (the other cases go on).
     """
     device = torch.device(device)
     results, fns = [], []
@@ -493,7 +495,7 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
         if case.get('memory_cap_mib') is not None:
             raise ValueError('a memory cap bounds one case at a time: time capped cases with '
                              'run_case, not interleaved (every case of a group is alive at once)')
-        results.append(dict(case, times_ms=[]))
+        results.append(dict(case, times_ms=[], gc_ms=[]))
         try:
             fn, _ = _case_work(case, device)
             for _ in range(max(warmup - 1, 0)):
@@ -506,7 +508,9 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
             if fn is None:
                 continue
             try:
-                results[i]['times_ms'] += time_ms(fn, device, 1)
+                with gc_pauses() as pauses:
+                    results[i]['times_ms'] += time_ms(fn, device, 1)
+                results[i]['gc_ms'].append(sum(pauses))
             except Exception as e:  # noqa: BLE001
                 results[i]['error'], fns[i] = _error(e), None
     for res, fn in zip(results, fns):
@@ -587,7 +591,7 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
         if 'error' in timed:
             res['error'] = timed['error']
         else:
-            res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'images_per_s',
+            res.update({k: timed[k] for k in ('time_ms', 'times_ms', 'gc_ms', 'images_per_s',
                                               'time_ms_pipelined') if k in timed})
 
     results = []
@@ -771,6 +775,9 @@ def format_row(r: dict) -> str:
     ips = f"{r['images_per_s']:.2f} img/s" if r.get('images_per_s') else ''
     extra = (f"  extra/output {r['extra_over_output']:.2f}x" if 'extra_over_output' in r
              else '')
+    if any(r.get('gc_ms', [])):
+        extra += (f"  GC {sum(r['gc_ms']):.1f} ms in {sum(g > 0 for g in r['gc_ms'])} of "
+                  f"{len(r['gc_ms'])} calls")
     return f"{name}  peak {r['peak_mib']:.1f} MiB  {t}  {ips}{extra}"
 
 

@@ -157,6 +157,27 @@ def cuda_memory_cap(device: torch.device, cap_mib: float | None) -> Iterator[Non
         torch.cuda.set_per_process_memory_fraction(1.0, index)
 
 
+@contextlib.contextmanager
+def gc_pauses() -> Iterator[list[float]]:
+    """Yields a list that receives the duration (ms) of each Python cyclic garbage collection
+    that runs inside the block (``gc.callbacks``): pauses of the host that a slow step can owe
+    to the collector rather than to its own work."""
+    pauses: list[float] = []
+    started: list[float] = []
+
+    def callback(phase: str, info: dict) -> None:
+        if phase == 'start':
+            started.append(time.perf_counter())
+        elif started:
+            pauses.append((time.perf_counter() - started.pop()) * 1e3)
+
+    gc.callbacks.append(callback)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
     """Wall time of ``repeats`` calls of ``fn`` in ms, each synchronised on CUDA."""
     times = []

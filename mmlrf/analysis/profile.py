@@ -158,6 +158,26 @@ def profile_pass(model: nn.Module, run: Callable[[], Any], device: torch.device,
                 kernels=[r for r in kernels[:top] if r['ms'] > 0], op_calls=op_calls / iterations)
 
 
+def aten_op_count(fn: Callable[[], Any]) -> int:
+    """ATen operators ``fn()`` dispatches, views (``detach``, ``select``, ``unbind``, ...)
+    excluded; a backward that ``fn`` runs is included. On a GPU nearly every counted operator is
+    one kernel launch, so this is the host's launch work; custom kernels launched directly
+    (Triton) are not ATen operators and not counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    with Counter() as counter:
+        fn()
+    return counter.count
+
+
 #: Longest name a text table prints (CUDA kernel names run to hundreds of characters; the JSON
 #: report keeps them whole).
 NAME_WIDTH = 96

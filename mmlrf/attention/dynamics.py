@@ -148,6 +148,40 @@ def modal_form(leak_raw: Tensor, coupling: Tensor, b: Tensor,
             torch.einsum('...ij,...i->...j', vec, c.double()))
 
 
+def step_sizes(dt_raw: Tensor, dt_min: float, dt_max: float) -> Tensor:
+    """``Δ = exp(log dt_min + log(dt_max/dt_min)·sigmoid(dt_raw)) ∈ [dt_min, dt_max]``, in the
+    dtype of ``dt_raw`` (any shape)."""
+    lo, hi = math.log(dt_min), math.log(dt_max)
+    return torch.exp(lo + (hi - lo) * torch.sigmoid(dt_raw))
+
+
+def modal_discretisation(leak_raw: Tensor, dt_raw: Tensor, b: Tensor, c: Tensor, dt_min: float,
+                         dt_max: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Zero-order-hold discretisation of the 'modal' parameters (float64, differentiable).
+
+    ``λ = −(LEAK_MIN + softplus(leak_raw))``, Δ from :func:`step_sizes` (in the parameters'
+    dtype), ``log ā = λΔ``, ``b̄ = expm1(λΔ)/λ · b``, ``c̃ = c``. The reference of the fused
+    Triton kernels (:mod:`~mmlrf.attention.discretise_triton`).
+
+    Args:
+        leak_raw, b, c (Tensor): ``[..., k]``.
+        dt_raw (Tensor): ``[...]``.
+        dt_min, dt_max (float): the step-size range.
+
+    Returns:
+        tuple[Tensor, Tensor, Tensor]: ``log ā``, ``b̄``, ``c̃``, each ``[..., k]`` float64.
+    """
+    lam = -(LEAK_MIN + F.softplus(leak_raw.double()))
+    return (*zero_order_hold(lam, step_sizes(dt_raw, dt_min, dt_max), b.double()), c.double())
+
+
+def zero_order_hold(lam: Tensor, step: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """``(log ā = λΔ, b̄ = expm1(λΔ)/λ · b)`` of modes λ ``[..., k]`` (float64), step sizes Δ
+    ``[...]`` and modal inputs b ``[..., k]``."""
+    lam_dt = lam * step.double()[..., None]
+    return lam_dt, torch.expm1(lam_dt) / lam * b
+
+
 def fft_conv(u: Tensor, log_a: Tensor, w: Tensor, d: Tensor) -> Tensor:
     """Causal convolution with ``K[m] = Σ_j w_j exp(m log_a_j)`` plus the skip, via FFT.
 
@@ -327,8 +361,7 @@ class DendriticDynamics(BaseModule):
     # ------------------------------------------------------------------ parameters
     def step_size(self) -> Tensor:
         """Δ per direction and channel, ``[D, C]``, in ``[dt_min, dt_max]``."""
-        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-        return torch.exp(lo + (hi - lo) * torch.sigmoid(self.dt_raw))
+        return step_sizes(self.dt_raw, self.dt_min, self.dt_max)
 
     def state_matrix(self) -> Tensor:
         """Continuous state matrix M in the parameters' basis, ``[D, C, k, k]`` (float64):
@@ -368,20 +401,17 @@ class DendriticDynamics(BaseModule):
 
     def _diagonalise(self) -> tuple[Tensor, Tensor, Tensor]:
         if self.parameterization == 'modal':
-            lam = -(LEAK_MIN + F.softplus(self.leak_raw.double()))
-            b_mode, c_mode = self.b.double(), self.c.double()
-        else:
-            matrix = self.state_matrix()
-            # The [D, C, k, k] matrices are tiny, but on an H200 every training-mode call showed
-            # a fixed ~0.8 GiB extra peak whatever the batch (cuSOLVER's batched eigh
-            # workspace), so diagonalise on the CPU and move the ~1 MB result back (autograd
-            # follows the moves).
-            lam, vec = torch.linalg.eigh(matrix.cpu())
-            lam, vec = lam.to(matrix.device).clamp(max=-LEAK_MIN), vec.to(matrix.device)
-            b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
-            c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
-        lam_dt = lam * self.step_size().double()[..., None]
-        return lam_dt, torch.expm1(lam_dt) / lam * b_mode, c_mode
+            return modal_discretisation(self.leak_raw, self.dt_raw, self.b, self.c,
+                                        self.dt_min, self.dt_max)
+        matrix = self.state_matrix()
+        # The [D, C, k, k] matrices are tiny, but on an H200 every training-mode call showed a
+        # fixed ~0.8 GiB extra peak whatever the batch (cuSOLVER's batched eigh workspace), so
+        # diagonalise on the CPU and move the ~1 MB result back (autograd follows the moves).
+        lam, vec = torch.linalg.eigh(matrix.cpu())
+        lam, vec = lam.to(matrix.device).clamp(max=-LEAK_MIN), vec.to(matrix.device)
+        b_mode = torch.einsum('dcij,dci->dcj', vec, self.b.double())
+        c_mode = torch.einsum('dcij,dci->dcj', vec, self.c.double())
+        return (*zero_order_hold(lam, self.step_size(), b_mode), c_mode)
 
     def _direction_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """``(log ā, b̄, c̃, d)`` per direction, each ``[C, k]`` / ``[C]`` (float64 modal
@@ -391,8 +421,20 @@ class DendriticDynamics(BaseModule):
         return [(log_a[i], b[i], c[i], skips[i]) for i in range(log_a.shape[0])]
 
     def _triton_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """fp32 ``(log ā, w, d, kernel head)`` per direction for the Triton kernels."""
-        from .dynamics_triton import kernel_head
+        """fp32 ``(log ā, w, d, kernel head)`` per direction for the Triton kernels. 'modal'
+        takes the fused discretisation (two launches per training step instead of ~50 small
+        kernels) where :func:`~.dynamics_triton.fused_discretisation_works` on this device."""
+        from .dynamics_triton import CHUNK_MAX, fused_discretisation_works, kernel_head
+        if self.parameterization == 'modal' and fused_discretisation_works(self.d.device):
+            from .discretise_triton import discretise
+            fused = discretise(self.leak_raw, self.dt_raw, self.b, self.c, self.dt_min,
+                               self.dt_max, CHUNK_MAX)
+            if not self.bidirectional:  # squeeze: a view whose backward launches nothing
+                log_a, w, kern = (t.squeeze(0) for t in fused)
+                return [(log_a, w, self.d.float(), kern)]
+            log_a, w, kern = (t.unbind(0) for t in fused)
+            skips = (self.d.float(), torch.zeros_like(self.d, dtype=torch.float32))
+            return list(zip(log_a, w, skips, kern))
         out = []
         for log_a, b, c, d in self._direction_parameters():
             w = b * c

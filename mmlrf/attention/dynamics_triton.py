@@ -65,6 +65,47 @@ def kernel_head(log_a: Tensor, w: Tensor) -> Tensor:
     return (w.double()[..., None] * decay).sum(-2).float()
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_discretisation_check(device: torch.device) -> bool:
+    from .discretise_triton import discretise
+    from .dynamics import modal_discretisation
+    gen = torch.Generator(device='cpu').manual_seed(0)
+    shapes = [(2, 3, 5), (2, 3), (2, 3, 5), (2, 3, 5), (2, 3, 5), (2, 3, 5)]
+    *raw, g_log_a, g_w = (torch.randn(s, generator=gen).double() for s in shapes)
+    grads = [g_log_a, g_w]
+    ref_in = [t.requires_grad_() for t in raw]
+    log_a, b_bar, c_mode = modal_discretisation(*ref_in, 1e-3, 1e-1)
+    ref = [log_a, b_bar * c_mode]
+    ref_grads = torch.autograd.grad(sum((r * g).sum() for r, g in zip(ref, grads)), ref_in)
+    ref.append(kernel_head(log_a.detach(), ref[1].detach()))
+    try:
+        got_in = [t.detach().float().to(device).requires_grad_() for t in ref_in]
+        got = discretise(*got_in, 1e-3, 1e-1, CHUNK_MAX)
+        got_grads = torch.autograd.grad(
+            sum((r * g.to(device)).sum() for r, g in zip(got, grads)), got_in)
+        errs = [((a.double().cpu() - b).abs().max() / b.abs().max()).item()
+                for a, b in zip(got + got_grads, ref + list(ref_grads))]
+    except Exception as exc:  # the kernels do not compile or launch on this Triton / GPU
+        warnings.warn(f'fused discretisation unavailable, using the PyTorch path: '
+                      f'{type(exc).__name__}: {exc}'[:500])
+        return False
+    if max(errs) > 1e-5:
+        warnings.warn(f'fused discretisation inaccurate (relative errors {errs}), using the '
+                      'PyTorch path')
+        return False
+    return True
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: evaluated once, no graph break
+def fused_discretisation_works(device: torch.device) -> bool:
+    """True when the fused discretisation (:mod:`~mmlrf.attention.discretise_triton`) compiles,
+    runs and matches :func:`~mmlrf.attention.dynamics.modal_discretisation` (values, kernel head
+    and every gradient, relative error ≤ 1e-5, fp32 inputs) on a random ``[2, 3, 5]`` case on
+    ``device``; checked once per device. Otherwise it warns once and returns False, and the
+    module keeps the PyTorch path."""
+    return triton_available() and device.type == 'cuda' and _fused_discretisation_check(device)
+
+
 def precision_kind(dtype: torch.dtype) -> str:
     """``'fp32'`` for fp32 inputs, ``'lowp'`` for 16-bit ones (selects the config lists)."""
     return 'fp32' if dtype == torch.float32 else 'lowp'

@@ -14,8 +14,10 @@ For each case (shape, dtype) and each evaluation path (``triton``, ``scan``, ``f
   (CUDA graph)``: the device work without the host's launch path;
   :class:`mmlrf.cuda_graph.GraphedForward`, replayed in place, no input copy);
 - the ``triton`` forward + backward without the parameter path (``triton kernels fwd+bwd``),
-  and the parameter path alone for each parameterisation (``params fwd+bwd (modal)`` /
-  ``(tridiagonal)``: discretisation, plus the diagonalisation for 'tridiagonal'; no tokens);
+  and the ``triton`` mode's parameter path alone, forward + backward, no tokens: 'modal' with
+  the fused discretisation kernels (``triton params (fused)``, CUDA) and with the PyTorch path
+  (``(ATen)``), and 'tridiagonal' (plus the diagonalisation), each with the number of ATen
+  operators it dispatches (``aten_ops``: on a GPU, the kernel launches the host pays for);
 - extra memory: ``max_memory_allocated`` above the baseline that already holds the input, the
   upstream gradient and the cached parameters, minus the results themselves (the output ``y``;
   for forward + backward also ``x.grad``), reported in bytes and relative to the output tensor;
@@ -37,6 +39,7 @@ rows once spent (recorded as ``skipped``), the most important rows first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -47,7 +50,9 @@ import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility l
 import torch
 
 from mmlrf.analysis.memory import PIPELINED_MAX_MS, pipelined_ms
-from mmlrf.attention.dynamics import PARAMETERIZATIONS, DendriticDynamics
+from mmlrf.analysis.profile import aten_op_count
+from mmlrf.attention import dynamics_triton
+from mmlrf.attention.dynamics import DendriticDynamics
 
 MODES = ('triton', 'scan', 'fft')
 
@@ -250,16 +255,41 @@ def kernel_rows(module: DendriticDynamics, x: torch.Tensor, g: torch.Tensor, rec
     record('triton kernels fwd+bwd', kernels, 2 * out_bytes)
 
 
+@contextlib.contextmanager
+def fused_discretisation(enabled: bool):
+    """Let the 'modal' modules take the fused discretisation only if ``enabled`` (and it works
+    on the device): the ATen row measures the PyTorch path on the same GPU."""
+    works = dynamics_triton.fused_discretisation_works
+    dynamics_triton.fused_discretisation_works = lambda device: enabled and works(device)
+    try:
+        yield
+    finally:
+        dynamics_triton.fused_discretisation_works = works
+
+
 def parameter_rows(channels: int, device: torch.device, record) -> None:
-    """The parameter path alone, per parameterisation: discretisation (plus the diagonalisation
-    for 'tridiagonal'), forward + backward, no tokens; runs once per training step and layer."""
+    """The 'triton' mode's parameter path alone (``_triton_parameters``: discretisation, kernel
+    head, fp32 casts; forward + backward, no tokens; runs once per training step and layer):
+    'modal' with the fused kernels (``triton params (fused)``, CUDA only) and with the PyTorch
+    path (``(ATen)``), and 'tridiagonal' (plus the diagonalisation). Each row counts the ATen
+    operators it dispatches (``aten_ops``; the fused path's two Triton launches are not ATen
+    operators)."""
     def parameters(module: DendriticDynamics) -> None:
-        sum(p.sum() for p in module.modal_parameters()).backward()
+        sum(t.sum() for direction in module._triton_parameters()
+            for t in direction[:3]).backward()
         module.zero_grad(set_to_none=True)
 
-    for name in PARAMETERIZATIONS:
+    cases = [('fused', 'modal', True), ('ATen', 'modal', False),
+             ('tridiagonal', 'tridiagonal', False)]
+    for label, name, fused in cases:
         module = DendriticDynamics(channels, 8, parameterization=name).to(device)
-        record(f'params fwd+bwd ({name})', lambda module=module: parameters(module), 0)
+        if fused and not dynamics_triton.fused_discretisation_works(device):
+            continue  # CPU (smoke) or no working kernel: the ATen row is the path
+        with fused_discretisation(fused):
+            def run(module=module):
+                parameters(module)
+            record(f'triton params ({label})', run, 0,
+                   lambda run=run: dict(aten_ops=aten_op_count(run)))
 
 
 def format_row(row: dict) -> str:
@@ -268,7 +298,8 @@ def format_row(row: dict) -> str:
         return f"{shape:34s} {row['op']:28s} {row.get('skipped') or row.get('error')}"
     mem = (f"{row['extra_mib']:9.1f} MiB ({row['extra_vs_out']:.2f}x out)"
            if 'extra_mib' in row else '        -')
-    errs = ' '.join(f'{k}={row[k]:.1e}' for k in ('err_y', 'err_gx') if k in row)
+    errs = ' '.join([f'{k}={row[k]:.1e}' for k in ('err_y', 'err_gx') if k in row]
+                    + ([f"{row['aten_ops']} ATen ops"] if 'aten_ops' in row else []))
     piped = (f" ({row['ms_pipelined']:.3f} back to back, host {row['host_us']:.0f} µs)"
              if 'ms_pipelined' in row else '')
     return f"{shape:34s} {row['op']:28s} {row['ms']:9.3f} ms{piped}  extra {mem}  {errs}"

@@ -20,7 +20,9 @@
 # graph_tests.log (GPU only: the CUDA-graph tests and lean against plain inference, in a process
 # of their own with CUDA_LAUNCH_BLOCKING=1: a fault names its kernel and cannot poison the other
 # tests' context),
-# dynamics.json (operator alone, parameter path per parameterisation), issue5.{json,png} (the
+# dynamics.json (operator alone, parameter path per parameterisation, fused and ATen),
+# train_interleaved.{json,png} (8x512x512 training steps, official and LRF-Dyn round-robin, with
+# the garbage collector's pauses per step), issue5.{json,png} (the
 # preset: operators, 1x1024x2048 inference, 8x512x512 training step), tf32_convs.{json,png} (the
 # inference, BNs kept / folded, at PyTorch's default precision: TF32 in cuDNN convolutions, fp32
 # matrix products; the issue's official numbers match this setting), tf32_wscap.{json,png} (the
@@ -72,8 +74,8 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
-STEPS=(kernel_tests graph_tests dynamics issue5 tf32_convs tf32_wscap tf32_cap memory_tf32
-       tf32_plain fused compiled profile profile_fused profile_train_official
+STEPS=(kernel_tests graph_tests dynamics train_interleaved issue5 tf32_convs tf32_wscap tf32_cap
+       memory_tf32 tf32_plain fused compiled profile profile_fused profile_train_official
        profile_train_lrf_dyn channels_last conv compiled_train)
 # (every step below, in order; SUITE_STEPS is checked against it)
 for name in ${SUITE_STEPS:-}; do
@@ -94,12 +96,13 @@ if [[ "${1:-}" == "--smoke" ]]; then
     PY=${PYTHON:-.venv/bin/python}
     ARGS=(--smoke --device cpu --warmup 1 --repeats 1)
     LIMIT=600 SMOKE=1 RES_FAST=64x128 RES_TRAIN=64x64 BATCH_TRAIN=1 DEVICE=cpu GRAPH=()
-    CONV_REPEATS=1 CAP=()  # no memory cap on the CPU
+    CONV_REPEATS=1 CAP=() TRAIN_REPEATS=2  # no memory cap on the CPU
     MODEL=configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py
 else
     ARGS=(--device cuda --warmup 2 --repeats 5)
     LIMIT=95 SMOKE='' RES_FAST=1024x2048 RES_TRAIN=512x512 BATCH_TRAIN=8 DEVICE=cuda
     GRAPH=(--cuda-graph) CONV_REPEATS=5 CAP=(--memory-cap-mib "${CAP_MIB:-1192}")
+    TRAIN_REPEATS=15
 fi
 BUDGET=${SUITE_BUDGET:-$([[ -n "${SMOKE}" ]] && echo 3600 || echo 540)}
 START=$SECONDS
@@ -144,6 +147,12 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
     # the dendritic operator alone: floor, triton / scan / fft, fp32 and bf16
     step dynamics 65 $PY tools/analysis/bench_dynamics_gpu.py ${SMOKE:+--smoke} --budget 45 \
         --out "$RAW/dynamics.json" | grep -v Warning
+    # the training step, official and LRF-Dyn round-robin (the target "no slower than the
+    # official attention" compares their medians; gc_ms: the collector's pauses per step)
+    step train_interleaved $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
+        --variants official lrf_dyn --resolution ${RES_TRAIN} --batch ${BATCH_TRAIN} \
+        --modes train "${ARGS[@]}" --warmup 3 --repeats ${TRAIN_REPEATS} --interleave \
+        --out "$RAW/train_interleaved"
     # issue 5 targets (TF32 off: fp32 as the parity check needs it)
     step issue5 $LIMIT $PY tools/analysis/benchmark.py --preset issue5 "${ARGS[@]}" \
         --out "$RAW/issue5"
