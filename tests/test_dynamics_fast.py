@@ -359,7 +359,12 @@ DISCRETISE_SCRIPT = textwrap.dedent('''
             results.append([t.detach() for t in values] + [p.grad for p in net.parameters()])
         worst = max([worst] + [err(a, b) for a, b in zip(*results)])
     print('WORST', worst)
-    print('CHECK', dynamics_triton._fused_discretisation_check(torch.device('cpu')))
+    check = dynamics_triton._fused_discretisation_check.__wrapped__  # uncached
+    with torch.no_grad():
+        no_grad = check(torch.device('cpu'))
+    with torch.inference_mode():
+        inference = check(torch.device('cpu'))
+    print('CHECK', check(torch.device('cpu')) and no_grad and inference)
 ''')
 
 
@@ -368,7 +373,8 @@ def test_fused_discretisation_in_interpreter():
     parameters (log ā, w, d, kernel head per direction) and every parameter gradient of the
     PyTorch path: causal and bidirectional, k = 8, 5, 3, 1, 37 channels (more than two row
     blocks, the last partial), raw parameters spread wide (leaks and step sizes near both
-    ends of their ranges). The device check passes on the interpreter."""
+    ends of their ranges). The device check passes on the interpreter, also when first called
+    without autograd (no_grad, inference mode: a model's first call may be inference)."""
     out = subprocess.run([sys.executable, '-c', DISCRETISE_SCRIPT], env=triton_interpreter(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

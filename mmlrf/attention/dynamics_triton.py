@@ -66,6 +66,8 @@ def kernel_head(log_a: Tensor, w: Tensor) -> Tensor:
 
 
 @functools.lru_cache(maxsize=None)
+@torch.inference_mode(False)  # the first call may come from inference: the check needs autograd
+@torch.enable_grad()
 def _fused_discretisation_check(device: torch.device) -> bool:
     from .discretise_triton import discretise
     from .dynamics import modal_discretisation
