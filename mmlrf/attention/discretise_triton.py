@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -42,6 +43,12 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _f64(head, tail):
+    """A float64 constant passed as two fp32 kernel arguments (:func:`_split`)."""
+    return tl.cast(head, tl.float64) + tl.cast(tail, tl.float64)
+
+
+@triton.jit
 def _modes(leak, dt_raw, leak_min, log_dt_min, log_dt_range):
     """``(λ, Δ, x = λΔ, e^x, φ = expm1(x)/λ)`` in float64 (arguments float64)."""
     softplus = tl.maximum(leak, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(leak)))
@@ -54,8 +61,10 @@ def _modes(leak, dt_raw, leak_min, log_dt_min, log_dt_range):
 
 @triton.jit
 def discretise_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, log_a_ptr, w_ptr, kern_ptr, rows,
-                      num_modes, leak_min, log_dt_min, log_dt_range, HEAD: tl.constexpr,
-                      BLOCK_R: tl.constexpr):
+                      num_modes, leak_min0, leak_min1, log_dt_min0, log_dt_min1, log_dt_range0,
+                      log_dt_range1, HEAD: tl.constexpr, BLOCK_R: tl.constexpr):
+    leak_min, log_dt_min = _f64(leak_min0, leak_min1), _f64(log_dt_min0, log_dt_min1)
+    log_dt_range = _f64(log_dt_range0, log_dt_range1)
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     live = row < rows
     lags = tl.arange(0, HEAD).to(tl.float64)
@@ -77,8 +86,10 @@ def discretise_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, log_a_ptr, w_ptr, kern_ptr
 
 @triton.jit
 def discretise_grad_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, gl_ptr, gw_ptr, g_leak_ptr, g_dt_ptr,
-                           g_b_ptr, g_c_ptr, rows, num_modes, leak_min, log_dt_min, log_dt_range,
-                           BLOCK_R: tl.constexpr):
+                           g_b_ptr, g_c_ptr, rows, num_modes, leak_min0, leak_min1, log_dt_min0,
+                           log_dt_min1, log_dt_range0, log_dt_range1, BLOCK_R: tl.constexpr):
+    leak_min, log_dt_min = _f64(leak_min0, leak_min1), _f64(log_dt_min0, log_dt_min1)
+    log_dt_range = _f64(log_dt_range0, log_dt_range1)
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     live = row < rows
     dt_raw = tl.load(dt_ptr + row, mask=live, other=0.0).to(tl.float64)
@@ -102,12 +113,21 @@ def discretise_grad_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, gl_ptr, gw_ptr, g_lea
     tl.store(g_dt_ptr + row, g_delta * delta * log_dt_range * sig * (1.0 - sig), mask=live)
 
 
+def _split(x: float) -> tuple[float, float]:
+    """``x`` as an fp32 head and the rest: a compiled kernel receives Python floats as fp32, and
+    :func:`_f64` adds the two back in float64 (about 1e-15 relative)."""
+    head = float(np.float32(x))
+    return head, x - head
+
+
 def _scalars(leak_raw: Tensor, dt_min: float, dt_max: float) -> tuple:
-    """Kernel arguments shared by both launches: grid, rows, modes and the float constants."""
+    """Kernel arguments shared by both launches: grid, rows, modes and the float64 constants
+    ``LEAK_MIN``, ``log dt_min``, ``log(dt_max/dt_min)``, each split by :func:`_split`."""
     from .dynamics import LEAK_MIN
     rows, k = leak_raw.shape[:-1].numel(), leak_raw.shape[-1]
-    return ((triton.cdiv(rows, BLOCK_ROWS),), rows, k, LEAK_MIN, math.log(dt_min),
-            math.log(dt_max) - math.log(dt_min))
+    constants = (LEAK_MIN, math.log(dt_min), math.log(dt_max) - math.log(dt_min))
+    return ((triton.cdiv(rows, BLOCK_ROWS),), rows, k,
+            *(part for value in constants for part in _split(value)))
 
 
 class _ModalDiscretisation(torch.autograd.Function):
