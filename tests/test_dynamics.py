@@ -286,6 +286,18 @@ def test_modal_cache_only_without_grad_and_invalidated_by_updates():
         assert module(x.double()).dtype == torch.float64
 
 
+@pytest.mark.parametrize('mode', ['fft', 'scan'])
+def test_training_call_discretises_once_for_both_directions(monkeypatch, mode):
+    """A bidirectional training call builds the parameters of both directions in one pass (with
+    autograd on nothing is cached, so a pass per direction would double the host work)."""
+    module = DendriticDynamics(3, 4, mode=mode, bidirectional=True)
+    calls = []
+    real = module._diagonalise
+    monkeypatch.setattr(module, '_diagonalise', lambda: calls.append(1) or real())
+    module(torch.randn(1, 3, 4, 4)).sum().backward()
+    assert len(calls) == 1 and module.leak_raw.grad[1].abs().sum() > 0
+
+
 @pytest.mark.parametrize('bidirectional', [False, True])
 def test_modal_starts_as_the_tridiagonal_operator(bidirectional):
     """Same seed: the modal module's output equals the dense loop over the tridiagonal module's

@@ -11,10 +11,11 @@ Per direction and channel (a row), from the raw modal parameters ``leak_raw``, `
     log ā_j = λ_j Δ,   w_j = expm1(λ_j Δ)/λ_j · b_j c_j,   K[m] = Σ_j w_j ā_j^m  (m < HEAD)
 
 in float64 registers (``expm1`` as ``exp − 1``, relative error ~1e-16/|λΔ| with
-``|λΔ| ≥ LEAK_MIN·dt_min``: 1e-11 at the default dt_min), stored as fp32 ``log ā``, ``w`` and kernel head ``K``. That is one launch
-instead of the PyTorch path's ~25 ATen operators and autograd nodes (~55 with the backward; on
-an H200 0.8–1.3 ms of host time per call and layer, ``bench_dynamics_gpu.py``). The backward is
-one more launch with the chain rule written out (``φ_j = expm1(λ_j Δ)/λ_j``, ``x_j = λ_j Δ``)::
+``|λΔ| ≥ LEAK_MIN·dt_min``: 1e-11 at the default dt_min), stored as fp32 ``log ā``, ``w`` and
+kernel head ``K``. That is one launch instead of the PyTorch path's ~25 ATen operators and
+autograd nodes (~55 with the backward; on an H200 0.8–1.3 ms of host time per call and layer,
+``bench_dynamics_gpu.py``). The backward is one more launch with the chain rule written out
+(``φ_j = expm1(λ_j Δ)/λ_j``, ``x_j = λ_j Δ``)::
 
     ∂b_j = ∂w_j c_j φ_j,   ∂c_j = ∂w_j b_j φ_j,   g_j = ∂w_j b_j c_j
     ∂λ_j = ∂log ā_j Δ + g_j (Δ e^{x_j} − φ_j)/λ_j,   ∂Δ = Σ_j ∂log ā_j λ_j + g_j e^{x_j}

@@ -502,15 +502,15 @@ class DendriticDynamics(BaseModule):
                 return 'triton'
         return 'scan'
 
-    def _sequence(self, u: Tensor, direction: int, mode: str) -> Tensor:
-        """One direction on ``[B, C, N]`` (direction 1 runs anti-causally)."""
-        reverse = direction == 1
+    def _sequence(self, u: Tensor, params: tuple[Tensor, ...], reverse: bool, mode: str) -> Tensor:
+        """One direction on ``[B, C, N]`` with its parameters from :meth:`_triton_parameters`
+        (mode 'triton') or :meth:`_direction_parameters` (the others)."""
         if mode == 'triton':
             from .dynamics_triton import triton_scan
-            log_a, w, d, kern = self._cached('triton', self._triton_parameters)[direction]
+            log_a, w, d, kern = params
             return triton_scan(u, log_a, w, d, reverse=reverse, kern=kern)
         dtype = torch.promote_types(u.dtype, torch.float32)
-        log_a, b, c, d = (p.to(dtype) for p in self._direction_parameters()[direction])
+        log_a, b, c, d = (p.to(dtype) for p in params)
         seq = u.to(dtype).flip(-1) if reverse else u.to(dtype)
         if mode == 'fft':
             y = fft_conv(seq, log_a, b * c, d)
@@ -544,9 +544,12 @@ class DendriticDynamics(BaseModule):
         u = x.contiguous().flatten(2)
         if perm is not None:
             u = u.index_select(-1, perm)
-        y = self._sequence(u, 0, mode)
+        # once per call, both directions (in training nothing is cached)
+        params = (self._cached('triton', self._triton_parameters) if mode == 'triton'
+                  else self._direction_parameters())
+        y = self._sequence(u, params[0], False, mode)
         if self.bidirectional:
-            y = y.add_(self._sequence(u, 1, mode))
+            y = y.add_(self._sequence(u, params[1], True, mode))
         if perm is not None:
             y = torch.empty_like(y).index_copy_(-1, perm, y)
         return y.reshape(bsz, ch, height, width)
