@@ -11,6 +11,7 @@ of these (residual adds, attention products and resizes written as functions, th
 rest of the step) is the ``outside`` row: the profiled wall time minus the module and backward
 rows (on a GPU this includes the idle time between kernels, e.g. launch overhead). Operators are
 listed by self time, with their calls per pass (on a GPU, many small calls mean launch overhead).
+:func:`aten_op_count` counts the ATen operators one call dispatches, without the profiler.
 """
 from __future__ import annotations
 
