@@ -11,6 +11,7 @@ from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis import energy
 from mmlrf.analysis.memory import PIPELINED_MAX_MS, cuda_memory_cap, pipelined_ms
 from mmlrf.neurons import MultiSpike
+from devices import needs_cuda
 from tool_loading import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,7 +277,7 @@ def test_memory_cap_cases_and_their_errors(monkeypatch, cuda_precision):
             tool.main(argv)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@needs_cuda
 def test_memory_cap_on_cuda_bounds_allocations_and_is_lifted():
     """Under a cap, an allocation beyond it fails and one within it succeeds; after the block
     the cap is gone. A capped benchmark case stays within its cap."""
@@ -732,7 +733,7 @@ def test_profile_of_a_training_step_attributes_backward_nodes():
     assert 'backward: _SpikeCodeConv2dBackward' in text and 'and backward nodes' in text
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@needs_cuda
 def test_profile_on_cuda_lists_kernels_and_backward_device_time():
     """On a GPU the rows are device time, backward nodes included (autograd runs them on its
     device thread), and the kernels are listed."""

@@ -12,10 +12,10 @@ import torch
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.cuda_graph import GraphedForward
+from devices import needs_cuda
 from tool_loading import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
 HOST_SYNCS = ('item', 'cpu', 'tolist', 'numpy', '__bool__', '__int__', '__float__', '__index__')

@@ -17,10 +17,10 @@ from mmlrf.attention.dynamics_scan import (causal_toeplitz, chunk_length, chunke
                                           streaming_scan)
 
 from compiled_graphs import SCATTER_ADDS, backward_ops
+from devices import needs_cuda
 
 ORDERS = ('raster', 'snake', 'column')
 CPU_FAST = ('scan', 'stream')
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
 
 def rel_err(a, b):

@@ -13,8 +13,8 @@ from mmlrf.conv import RoutedConv2d
 from mmlrf.hooks import set_lean_inference
 from mmlrf.strips import conv_bn_over_input
 from batchnorm_stats import randomise_batchnorms
+from devices import needs_cuda
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 DEVICES = ['cpu', pytest.param('cuda', marks=needs_cuda)]
 
 

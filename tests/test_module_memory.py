@@ -11,6 +11,7 @@ from torch import nn
 
 from mmlrf.analysis.memory import CPU_MEASURE_ENV
 from mmlrf.analysis.module_memory import format_leaf_memory, leaf_memory
+from devices import needs_cuda
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CONFIG = 'configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py'
@@ -72,7 +73,7 @@ def test_leaf_memory_on_cpu():
     check(*json.loads(proc.stdout.splitlines()[-1]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@needs_cuda
 def test_leaf_memory_on_cuda():
     check(*measure('cuda'))
 
