@@ -50,14 +50,21 @@ def _f64(head, tail):
 
 
 @triton.jit
-def _modes(leak, dt_raw, leak_min, log_dt_min, log_dt_range):
-    """``(λ, Δ, x = λΔ, e^x, φ = expm1(x)/λ)`` in float64 (arguments float64)."""
+def _step_size(dt_raw, log_dt_min, log_dt_range):
+    """``(Δ, σ(dt_raw))`` of each row in float64 (arguments float64)."""
+    sig = _sigmoid(dt_raw)
+    return tl.exp(log_dt_min + log_dt_range * sig), sig
+
+
+@triton.jit
+def _modes(leak, delta, leak_min):
+    """``(λ, x = λΔ, e^x, φ = expm1(x)/λ)`` of one mode per row in float64 (arguments
+    float64)."""
     softplus = tl.maximum(leak, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(leak)))
     lam = -(leak_min + softplus)
-    delta = tl.exp(log_dt_min + log_dt_range * _sigmoid(dt_raw))
     x = lam * delta
     ex = tl.exp(x)
-    return lam, delta, x, ex, (ex - 1.0) / lam
+    return lam, x, ex, (ex - 1.0) / lam
 
 
 @triton.jit
@@ -70,13 +77,14 @@ def discretise_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, log_a_ptr, w_ptr, kern_ptr
     live = row < rows
     lags = tl.arange(0, HEAD).to(tl.float64)
     dt_raw = tl.load(dt_ptr + row, mask=live, other=0.0).to(tl.float64)
+    delta, _ = _step_size(dt_raw, log_dt_min, log_dt_range)
     kern = tl.zeros([BLOCK_R, HEAD], dtype=tl.float64)
     for j in range(num_modes):
         at = row * num_modes + j
         leak = tl.load(leak_ptr + at, mask=live, other=0.0).to(tl.float64)
         b = tl.load(b_ptr + at, mask=live, other=0.0).to(tl.float64)
         c = tl.load(c_ptr + at, mask=live, other=0.0).to(tl.float64)
-        lam, delta, x, ex, phi = _modes(leak, dt_raw, leak_min, log_dt_min, log_dt_range)
+        lam, x, ex, phi = _modes(leak, delta, leak_min)
         w = phi * b * c
         tl.store(log_a_ptr + at, x.to(tl.float32), mask=live)
         tl.store(w_ptr + at, w.to(tl.float32), mask=live)
@@ -94,6 +102,7 @@ def discretise_grad_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, gl_ptr, gw_ptr, g_lea
     row = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     live = row < rows
     dt_raw = tl.load(dt_ptr + row, mask=live, other=0.0).to(tl.float64)
+    delta, sig = _step_size(dt_raw, log_dt_min, log_dt_range)
     g_delta = tl.zeros([BLOCK_R], dtype=tl.float64)
     for j in range(num_modes):
         at = row * num_modes + j
@@ -102,15 +111,13 @@ def discretise_grad_kernel(leak_ptr, dt_ptr, b_ptr, c_ptr, gl_ptr, gw_ptr, g_lea
         c = tl.load(c_ptr + at, mask=live, other=0.0).to(tl.float64)
         g_log_a = tl.load(gl_ptr + at, mask=live, other=0.0).to(tl.float64)
         g_w = tl.load(gw_ptr + at, mask=live, other=0.0).to(tl.float64)
-        lam, delta, x, ex, phi = _modes(leak, dt_raw, leak_min, log_dt_min, log_dt_range)
+        lam, x, ex, phi = _modes(leak, delta, leak_min)
         g_phi = g_w * b * c
         g_lam = g_log_a * delta + g_phi * (delta * ex - phi) / lam
         g_delta += g_log_a * lam + g_phi * ex
         tl.store(g_leak_ptr + at, -g_lam * _sigmoid(leak), mask=live)
         tl.store(g_b_ptr + at, g_w * c * phi, mask=live)
         tl.store(g_c_ptr + at, g_w * b * phi, mask=live)
-    sig = _sigmoid(dt_raw)
-    delta = tl.exp(log_dt_min + log_dt_range * sig)
     tl.store(g_dt_ptr + row, g_delta * delta * log_dt_range * sig * (1.0 - sig), mask=live)
 
 
