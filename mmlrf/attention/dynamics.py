@@ -417,8 +417,11 @@ class DendriticDynamics(BaseModule):
         """``(log ā, b̄, c̃, d)`` per direction, each ``[C, k]`` / ``[C]`` (float64 modal
         parameters; the anti-causal direction has no skip)."""
         log_a, b, c = self.modal_parameters()
-        skips = (self.d, torch.zeros_like(self.d))
-        return [(log_a[i], b[i], c[i], skips[i]) for i in range(log_a.shape[0])]
+        return [(log_a[i], b[i], c[i], self._skip(i)) for i in range(log_a.shape[0])]
+
+    def _skip(self, direction: int) -> Tensor:
+        """The skip ``d`` of a direction, ``[C]``: the anti-causal direction has none (zeros)."""
+        return self.d if direction == 0 else torch.zeros_like(self.d)
 
     def _triton_parameters(self) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
         """fp32 ``(log ā, w, d, kernel head)`` per direction for the Triton kernels. 'modal'
