@@ -151,7 +151,7 @@ class _ModalDiscretisation(torch.autograd.Function):
         discretise_kernel[grid](leak_raw, dt_raw, b, c, log_a, w, kern, *scalars, HEAD=head,
                                 BLOCK_R=BLOCK_ROWS)
         ctx.save_for_backward(leak_raw, dt_raw, b, c)
-        ctx.dt_range = (dt_min, dt_max)
+        ctx.launch = (grid, *scalars)  # the backward launch takes the same grid and scalars
         ctx.mark_non_differentiable(kern)
         ctx.set_materialize_grads(False)  # no zero gradient is launched for K
         return log_a, w, kern
@@ -159,7 +159,7 @@ class _ModalDiscretisation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_log_a: Tensor | None, grad_w: Tensor | None, _grad_kern: None):
         leak_raw, dt_raw, b, c = ctx.saved_tensors
-        grid, *scalars = _scalars(leak_raw, *ctx.dt_range)
+        grid, *scalars = ctx.launch
         upstream = [torch.zeros(leak_raw.shape, device=leak_raw.device) if g is None
                     else g.contiguous() for g in (grad_log_a, grad_w)]
         grads = [torch.empty_like(t) for t in (leak_raw, dt_raw, b, c)]
