@@ -215,6 +215,52 @@ def test_gc_pauses_records_collections_inside_the_block_only(monkeypatch):
     assert 'of 2 calls' in bm.format_row(dict(timed[0], peak_mib=1.0))
 
 
+def test_frozen_gc_freezes_what_lives_before_the_block_only(monkeypatch):
+    """Inside the block the objects alive before it are frozen and cycles made in it are still
+    collected; after it nothing stays frozen. --freeze-gc freezes the interleaved round-robin
+    only (not the warm-up), in-process and in the timing subprocess's job, and needs
+    --interleave."""
+    import gc
+    import weakref
+
+    from mmlrf.analysis.memory import frozen_gc
+
+    class Node:
+        pass
+    assert gc.get_freeze_count() == 0
+    with frozen_gc():
+        assert gc.get_freeze_count() > 0
+        cycle = Node()
+        cycle.self, alive = cycle, weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        assert alive() is None
+    assert gc.get_freeze_count() == 0
+    cases = bm.operator_cases(['ssa_kv'], [64], channels=8, heads=2, v_ratio=1)[:1]
+    real, frozen = bm._case_work, []
+
+    def spy(case, device):
+        fn, info = real(case, device)
+        return (lambda: frozen.append(gc.get_freeze_count() > 0) or fn()), info
+    monkeypatch.setattr(bm, '_case_work', spy)
+    bm.time_interleaved(cases, 'cpu', warmup=2, repeats=2, freeze_gc=True)
+    # warm-up, round-robin, then the back-to-back calls
+    assert frozen == [False, True, True, False, False] and gc.get_freeze_count() == 0
+    frozen.clear()
+    bm.time_interleaved(cases, 'cpu', warmup=2, repeats=2)
+    assert not any(frozen)
+    jobs = []
+    monkeypatch.setattr(bm, '_subprocess_job', lambda job, env, t: jobs.append(job) or (
+        dict(job['case'], peak_mib=1.0) if 'case' in job
+        else [dict(c, time_ms=2.0, times_ms=[2.0], images_per_s=500.0) for c in job['cases']]))
+    bm.run_cases(cases, 'cpu', repeats=2, interleave=True, freeze_gc=True, log=lambda s: None)
+    assert [j.get('freeze_gc') for j in jobs] == [None, True]
+    tool = load_tool('analysis/benchmark')
+    monkeypatch.setattr(bm, 'run_benchmark', lambda *a, **k: pytest.fail('must not run'))
+    with pytest.raises(SystemExit, match='round-robin timing of --interleave'):
+        tool.main(['--freeze-gc', '--device', 'cpu'])
+
+
 def test_operator_cases_are_also_timed_back_to_back(monkeypatch):
     """Short operator-level calls also get ``time_ms_pipelined`` (``calls`` calls between one
     pair of synchronisations), in-process and from the CPU timing subprocess; model cases and
@@ -493,10 +539,10 @@ def test_gpu_suite_skips_the_steps_its_budget_cannot_hold(tmp_path):
     skipped = [ln for ln in proc.stdout.splitlines() if ln.endswith('SKIPPED (suite budget '
                                                                     'of 0 s spent)')]
     names = [ln.split()[1].rstrip(':') for ln in skipped]
-    assert names == ['dynamics', 'train_interleaved', 'issue5', 'tf32_convs', 'tf32_wscap',
-                     'tf32_cap', 'memory_tf32', 'tf32_plain', 'fused', 'compiled', 'profile',
-                     'profile_fused', 'profile_train_official', 'profile_train_lrf_dyn',
-                     'channels_last', 'conv', 'compiled_train']
+    assert names == ['dynamics', 'train_interleaved', 'train_frozen_gc', 'issue5', 'tf32_convs',
+                     'tf32_wscap', 'tf32_cap', 'memory_tf32', 'tf32_plain', 'fused', 'compiled',
+                     'profile', 'profile_fused', 'profile_train_official',
+                     'profile_train_lrf_dyn', 'channels_last', 'conv', 'compiled_train']
     assert sorted(p.name for p in out.iterdir()) == ['suite.log', 'suite.tgz']
     assert suite_archive_files(out) == []
     assert 'tf32_convs: SKIPPED' in (out / 'suite.log').read_text()

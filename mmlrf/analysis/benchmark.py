@@ -27,6 +27,7 @@ workspaces fit; see :func:`with_memory_cap`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import functools
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .memory import (CPU_MEASURE_ENV, MIB, PIPELINED_MAX_MS, check_memory_cap, cuda_memory_cap,
-                     gc_pauses, measure, pipelined_ms, time_ms)
+                     frozen_gc, gc_pauses, measure, pipelined_ms, time_ms)
 from .saved_tensors import SavedTensorMeter
 
 #: Token mixer of each benchmark variant (a ``lrf_dyn:<mode>`` suffix selects the dynamics path).
@@ -476,10 +477,12 @@ def run_case(case: dict, device: str | torch.device = 'cpu', warmup: int = 1,
 
 
 def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warmup: int = 1,
-                     repeats: int = 3) -> list[dict]:
+                     repeats: int = 3, freeze_gc: bool = False) -> list[dict]:
     """Time several cases in this process, round-robin: repeat r of every case runs before
     repeat r + 1 of any, so a slow spell of a shared machine hits all of them alike. All the
     cases' models and inputs are alive at once. One case is plain sequential timing.
+    ``freeze_gc``: the round-robin runs under :func:`~mmlrf.analysis.memory.frozen_gc` (built
+    and warmed-up models, imports and inputs frozen out of the collector's scans).
 
     Returns:
         list[dict]: per case, the case plus ``time_ms`` (median), ``times_ms``, ``gc_ms`` (per
@@ -503,16 +506,17 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
         except Exception as e:  # noqa: BLE001
             results[-1]['error'], fn = _error(e), None
         fns.append(fn)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            if fn is None:
-                continue
-            try:
-                with gc_pauses() as pauses:
-                    results[i]['times_ms'] += time_ms(fn, device, 1)
-                results[i]['gc_ms'].append(sum(pauses))
-            except Exception as e:  # noqa: BLE001
-                results[i]['error'], fns[i] = _error(e), None
+    with frozen_gc() if freeze_gc else contextlib.nullcontext():
+        for _ in range(repeats):
+            for i, fn in enumerate(fns):
+                if fn is None:
+                    continue
+                try:
+                    with gc_pauses() as pauses:
+                        results[i]['times_ms'] += time_ms(fn, device, 1)
+                    results[i]['gc_ms'].append(sum(pauses))
+                except Exception as e:  # noqa: BLE001
+                    results[i]['error'], fns[i] = _error(e), None
     for res, fn in zip(results, fns):
         if 'error' not in res and res['times_ms']:
             res['time_ms'] = statistics.median(res['times_ms'])
@@ -528,12 +532,13 @@ def time_interleaved(cases: list[dict], device: str | torch.device = 'cpu', warm
 def _worker() -> None:
     """Subprocess entry: read a job from stdin as JSON, print ``RESULT <json>``. A job is
     ``{case, device, warmup, repeats, threads}`` (:func:`run_case`) or
-    ``{cases, device, warmup, repeats, threads}`` (:func:`time_interleaved`)."""
+    ``{cases, device, warmup, repeats, threads, freeze_gc}`` (:func:`time_interleaved`)."""
     job = json.loads(sys.stdin.read())
     torch.set_num_threads(job['threads'])
     import mmlrf  # noqa: F401  (registries)
     if 'cases' in job:
-        res = time_interleaved(job['cases'], job['device'], job['warmup'], job['repeats'])
+        res = time_interleaved(job['cases'], job['device'], job['warmup'], job['repeats'],
+                               job['freeze_gc'])
     else:
         res = run_case(job['case'], job['device'], job['warmup'], job['repeats'])
     print('RESULT ' + json.dumps(res))
@@ -561,7 +566,7 @@ def _subprocess_job(job: dict, env: dict[str, str], timeout_s: float | None) -> 
 def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: int = 3,
               isolate: bool | None = None, threads: int | None = None,
               timeout_s: float | None = None, interleave: bool = False,
-              log: Callable[[str], None] = print) -> list[dict]:
+              freeze_gc: bool = False, log: Callable[[str], None] = print) -> list[dict]:
     """Measure every case; on CPU (default ``isolate``) each in two fresh subprocesses.
 
     Args:
@@ -576,6 +581,7 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
         timeout_s: per-subprocess timeout; a timed-out case gets an ``error``.
         interleave: time the cases of each :func:`timing_key` group together with
             :func:`time_interleaved` (one process per group when isolated), after all peaks.
+        freeze_gc: interleaved timing under a frozen collector (:func:`time_interleaved`).
         log: called with one progress line per case.
     """
     dev = torch.device(device)
@@ -584,8 +590,9 @@ def run_cases(cases: list[dict], device: str = 'cpu', warmup: int = 1, repeats: 
 
     def times_of(group: list[dict]) -> list[dict]:
         if not isolate:
-            return time_interleaved(group, dev, warmup, repeats)
-        return _subprocess_job(dict(job, cases=group, repeats=repeats), {}, timeout_s)
+            return time_interleaved(group, dev, warmup, repeats, freeze_gc)
+        return _subprocess_job(dict(job, cases=group, repeats=repeats, freeze_gc=freeze_gc), {},
+                               timeout_s)
 
     def merge(res: dict, timed: dict) -> None:
         if 'error' in timed:
@@ -1017,10 +1024,10 @@ def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
                   highlights: list[dict] | None = None, warmup: int = 1, repeats: int = 3,
                   budget_mib: float | None = None, timeout_s: float | None = None,
                   isolate: bool | None = None, interleave: bool = False,
-                  log: Callable[[str], None] = print) -> dict:
+                  freeze_gc: bool = False, log: Callable[[str], None] = print) -> dict:
     """Run cases (skipping those whose :func:`estimate_mib` exceeds ``budget_mib``), write the
     JSON + PNG report, print every ratio and the highlights, and return the report
-    (``interleave``: see :func:`run_cases`)."""
+    (``interleave``, ``freeze_gc``: see :func:`run_cases`)."""
     todo, skipped = [], []
     for c in cases:
         est = estimate_mib(c)
@@ -1031,7 +1038,7 @@ def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
         else:
             todo.append(c)
     results = run_cases(todo, device, warmup, repeats, isolate, timeout_s=timeout_s,
-                        interleave=interleave, log=log) + skipped
+                        interleave=interleave, freeze_gc=freeze_gc, log=log) + skipped
     ratios = compute_ratios(results)
     found = []
     for h in highlights or []:

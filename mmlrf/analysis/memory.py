@@ -178,6 +178,19 @@ def gc_pauses() -> Iterator[list[float]]:
         gc.callbacks.remove(callback)
 
 
+@contextlib.contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Collect, then move every object alive into the collector's permanent generation
+    (``gc.freeze``) for the block: its collections then scan only what the block creates, not
+    the models, modules and imports built before it. Unfrozen on exit."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def time_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> list[float]:
     """Wall time of ``repeats`` calls of ``fn`` in ms, each synchronised on CUDA."""
     times = []

@@ -32,6 +32,10 @@ Examples::
     # a training-step ratio on a shared machine: time both models round-robin in one process
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train --interleave
+    # ... with the built models frozen out of the garbage collector's scans (gc.freeze)
+    python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
+        --variants official lrf_dyn --resolution 512x512 --batch 2 --modes train --interleave \
+        --freeze-gc
     # LRF-Dyn inference at PyTorch's default precision, again with the allocator capped at
     # 1192 MiB (1.25 GB) above weights and inputs: cuDNN then picks algorithms that fit (GPU)
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
@@ -82,6 +86,10 @@ def parse_args(argv=None):
                    help='time the cases of each ratio group round-robin in one process (all '
                         'of the group alive at once): same-run ratios that a shared, noisy '
                         'machine disturbs less')
+    p.add_argument('--freeze-gc', action='store_true',
+                   help='with --interleave: collect, then freeze the objects alive (gc.freeze: '
+                        'models, inputs, imports) for the timed calls, so the cyclic '
+                        "collector's passes inside them scan only what the calls create")
     p.add_argument('--smoke', action='store_true',
                    help='shrink the cases to a quick dry run (toy model, tiny operators)')
     p.add_argument('--fuse-conv-bn', action='store_true',
@@ -142,6 +150,8 @@ def main(argv=None):
     if args.onednn_convs and args.device != 'cpu':
         sys.exit('error: --onednn-convs compares the CPU conv routes: it needs --device cpu, '
                  f'got {args.device!r}')
+    if args.freeze_gc and not args.interleave:
+        sys.exit('error: --freeze-gc applies to the round-robin timing of --interleave')
     if args.memory_cap_mib is not None:
         if not args.device.startswith('cuda'):
             sys.exit(f'error: --memory-cap-mib caps the CUDA allocator: it needs a CUDA '
@@ -180,7 +190,7 @@ def main(argv=None):
         budget = 16000.0
     bm.run_benchmark(cases, args.device, args.out, ' '.join(['benchmark.py'] + sys.argv[1:]),
                      highlights, args.warmup, args.repeats, budget, args.timeout,
-                     interleave=args.interleave)
+                     interleave=args.interleave, freeze_gc=args.freeze_gc)
     print(f'wrote {args.out}.json and {args.out}.png')
 
 
