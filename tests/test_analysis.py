@@ -330,9 +330,12 @@ def test_memory_cap_on_cuda_bounds_allocations_and_is_lifted():
     dev = torch.device('cuda')
     mib = 1 << 20
     with cuda_memory_cap(dev, 64):
+        # larger than every free block the allocator keeps in segments that earlier tests'
+        # live tensors pin (the cap bounds new segments, not reuse of cached ones)
+        beyond = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev) + 128 * mib
         small = torch.empty(32 * mib, dtype=torch.uint8, device=dev)
         with pytest.raises(torch.OutOfMemoryError):
-            torch.empty(128 * mib, dtype=torch.uint8, device=dev)
+            torch.empty(beyond, dtype=torch.uint8, device=dev)
     del small
     big = torch.empty(128 * mib, dtype=torch.uint8, device=dev)
     del big
@@ -795,7 +798,9 @@ def test_profile_on_cuda_lists_kernels_and_backward_device_time():
     assert report['basis'] == 'device'
     assert report['kernels'] and all(r['ms'] > 0 for r in report['kernels'])
     backward = {r['name']: r['ms'] for r in report['backward']}
-    assert backward['ConvolutionBackward0'] > 0 and backward['NativeBatchNormBackward0'] > 0
+    # the BN node is cuDNN's on CUDA (CudnnBatchNormBackward0), ATen's where cuDNN is off
+    (bn,) = [ms for name, ms in backward.items() if name.endswith('BatchNormBackward0')]
+    assert backward['ConvolutionBackward0'] > 0 and bn > 0
 
 
 def test_profile_model_tool_on_toy_config(tmp_path, cuda_precision):
