@@ -22,8 +22,7 @@
 # tests' context),
 # dynamics.json (operator alone, parameter path per parameterisation, fused and ATen),
 # train_interleaved.{json,png} (8x512x512 training steps, official and LRF-Dyn round-robin, with
-# the garbage collector's pauses per step), train_frozen_gc.{json,png} (the same with the
-# objects alive before the timed steps frozen out of the collector's scans), issue5.{json,png} (the
+# the garbage collector's pauses per step), issue5.{json,png} (the
 # preset: operators, 1x1024x2048 inference, 8x512x512 training step), tf32_convs.{json,png} (the
 # inference, BNs kept / folded, at PyTorch's default precision: TF32 in cuDNN convolutions, fp32
 # matrix products; the issue's official numbers match this setting), tf32_wscap.{json,png} (the
@@ -75,9 +74,9 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exit 0
 fi
 
-STEPS=(kernel_tests graph_tests dynamics train_interleaved train_frozen_gc issue5 tf32_convs
-       tf32_wscap tf32_cap memory_tf32 tf32_plain fused compiled profile profile_fused
-       profile_train_official profile_train_lrf_dyn channels_last conv compiled_train)
+STEPS=(kernel_tests graph_tests dynamics train_interleaved issue5 tf32_convs tf32_wscap tf32_cap
+       memory_tf32 tf32_plain fused compiled profile profile_fused profile_train_official
+       profile_train_lrf_dyn channels_last conv compiled_train)
 # (every step below, in order; SUITE_STEPS is checked against it)
 for name in ${SUITE_STEPS:-}; do
     if [[ " ${STEPS[*]} " != *" $name "* ]]; then
@@ -154,12 +153,6 @@ torch.cuda.is_available(), 'mmseg', mmseg.__version__, 'mmengine', mmengine.__ve
         --variants official lrf_dyn --resolution ${RES_TRAIN} --batch ${BATCH_TRAIN} \
         --modes train "${ARGS[@]}" --warmup 3 --repeats ${TRAIN_REPEATS} --interleave \
         --out "$RAW/train_interleaved"
-    # the same with the built models frozen out of the collector's scans (gc.freeze): what the
-    # steps cost without the collector's full passes over every module, tensor and import
-    step train_frozen_gc $LIMIT $PY tools/analysis/benchmark.py --config "$MODEL" \
-        --variants official lrf_dyn --resolution ${RES_TRAIN} --batch ${BATCH_TRAIN} \
-        --modes train "${ARGS[@]}" --warmup 3 --repeats ${TRAIN_REPEATS} --interleave \
-        --freeze-gc --out "$RAW/train_frozen_gc"
     # issue 5 targets (TF32 off: fp32 as the parity check needs it)
     step issue5 $LIMIT $PY tools/analysis/benchmark.py --preset issue5 "${ARGS[@]}" \
         --out "$RAW/issue5"
