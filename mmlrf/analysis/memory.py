@@ -130,9 +130,11 @@ def peak_memory_mib(fn: Callable[[], Any], device: torch.device) -> float:
 def cuda_memory_cap(device: torch.device, cap_mib: float | None) -> Iterator[None]:
     """Cap ``device``'s caching allocator at the memory it reserves on entry plus ``cap_mib``
     MiB, for the ``with`` block (``torch.cuda.set_per_process_memory_fraction``, set back to 1
-    on exit; cached blocks are freed first, so the reserve on entry is about what is allocated).
+    on exit; wholly free cached segments are released first, so the reserve on entry is the
+    segments that live tensors occupy, free blocks inside them included).
 
-    An allocation beyond the cap raises ``torch.OutOfMemoryError``. PyTorch's cuDNN
+    An allocation that would grow the reserve past the cap raises ``torch.OutOfMemoryError``
+    (one that fits a free block the allocator already holds does not). PyTorch's cuDNN
     convolutions catch it while choosing an algorithm and try the next one, so under a cap
     they take algorithms whose workspaces fit. None: no cap (a no-op).
 
