@@ -434,10 +434,9 @@ class DendriticDynamics(BaseModule):
                                self.dt_max, CHUNK_MAX)
             if not self.bidirectional:  # squeeze: a view whose backward launches nothing
                 log_a, w, kern = (t.squeeze(0) for t in fused)
-                return [(log_a, w, self.d.float(), kern)]
+                return [(log_a, w, self._skip(0).float(), kern)]
             log_a, w, kern = (t.unbind(0) for t in fused)
-            skips = (self.d.float(), torch.zeros_like(self.d, dtype=torch.float32))
-            return list(zip(log_a, w, skips, kern))
+            return [(log_a[i], w[i], self._skip(i).float(), kern[i]) for i in range(2)]
         out = []
         for log_a, b, c, d in self._direction_parameters():
             w = b * c
