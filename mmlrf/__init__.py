@@ -8,7 +8,7 @@ from . import compat
 compat.apply()
 
 # Registration side effects, in dependency order.
-from . import interop, neurons, attention, backbones, heads, hooks, datasets  # noqa: E402,F401
+from . import interop, models, engine, datasets  # noqa: E402,F401
 
 from .interop import cpu_dist  # noqa: E402
 

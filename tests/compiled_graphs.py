@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 #: Ops that accumulate into indexed places. Inductor's CPU code for one fused into a transposed
-#: tile writes out of bounds (torch 2.13; docs/benchmarks.md, "Issue 5, ninth session").
+#: tile can write out of bounds (torch 2.13).
 SCATTER_ADDS = frozenset({'index_put', '_unsafe_index_put', 'index_add', 'scatter_add',
                           'scatter_reduce', 'unfold_backward', 'upsample_nearest2d_backward'})
 

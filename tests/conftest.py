@@ -38,16 +38,15 @@ def eager_compile(monkeypatch):
 
 @pytest.fixture
 def strips_on_small_maps(monkeypatch):
-    """Row strips (:mod:`mmlrf.strips`) on the tests' small maps too, which would otherwise
-    run whole (``MIN_STRIP_BYTES``)."""
-    monkeypatch.setattr('mmlrf.strips.MIN_STRIP_BYTES', 0)
+    """Row strips (:mod:`mmlrf.inference.strips`) on the tests' small maps too, which would
+    otherwise run whole (``MIN_STRIP_BYTES``)."""
+    monkeypatch.setattr('mmlrf.inference.strips.MIN_STRIP_BYTES', 0)
 
 
 @pytest.fixture
 def cuda_precision():
     """Restores the process-wide CUDA precision flags (TF32 in matrix products and in cuDNN
-    convolutions, cuDNN autotuning; ``mmlrf.analysis.benchmark.set_cuda_precision`` sets all
-    three) after the test."""
+    convolutions, cuDNN autotuning) after the test."""
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.backends.cudnn.benchmark)
     yield

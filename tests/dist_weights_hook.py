@@ -1,4 +1,4 @@
-"""Test helper for tests/test_distributed.py: every rank saves its final weights."""
+"""Test helper for tests/interop/test_cpu_dist.py: every rank saves its weights."""
 from __future__ import annotations
 
 import os.path as osp
@@ -12,7 +12,8 @@ from mmseg.registry import HOOKS
 
 @HOOKS.register_module()
 class DumpRankWeightsHook(Hook):
-    """After training, write ``work_dir/rank{r}_{init,weights}.pth`` before/after training: ``{'params', 'buffers'}`` dicts."""
+    """Write ``work_dir/rank{r}_init.pth`` before and ``rank{r}_weights.pth`` after training:
+    ``{'params', 'buffers'}`` dicts."""
 
     def before_train(self, runner) -> None:
         self._dump(runner, 'init')

@@ -1,7 +1,8 @@
 """mmlrf.compat: mmseg importable with mmcv-lite; mmengine checkpoints load with weights_only."""
 import importlib
-import io
 import importlib.util
+import io
+import os
 import pickle
 import sys
 
@@ -52,7 +53,8 @@ def test_stand_in_is_idempotent():
 def test_pkg_resources_for_mmseg_base_configs():
     from mmengine.config import Config
 
-    cfg = Config.fromfile('configs/_base_/datasets/ade20k.py')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = Config.fromfile(os.path.join(root, 'configs', '_base_', 'datasets', 'ade20k.py'))
     assert cfg.train_dataloader.dataset.type == 'ADE20KDataset'
 
 
@@ -70,8 +72,9 @@ def _runner(work_dir, max_iters, **kwargs):
 
     return Runner(
         model=_TinyModel(), work_dir=str(work_dir), experiment_name=f'compat{max_iters}',
-        train_dataloader=dict(dataset=[dict(inputs=torch.ones(2))] * 4, sampler=dict(type='DefaultSampler'),
-                              batch_size=2, collate_fn=dict(type='pseudo_collate')),
+        train_dataloader=dict(dataset=[dict(inputs=torch.ones(2))] * 4,
+                              sampler=dict(type='DefaultSampler'), batch_size=2,
+                              collate_fn=dict(type='pseudo_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),

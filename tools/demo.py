@@ -16,7 +16,7 @@ import mmcv
 from mmseg.apis import inference_model, init_model
 from mmseg.visualization import SegLocalVisualizer
 
-from mmlrf.hooks import add_inference_options, chosen_inference_options
+from mmlrf.inference.options import add_inference_options, chosen_inference_options
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

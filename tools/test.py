@@ -18,7 +18,7 @@ import mmlrf  # noqa: E402,F401  (must precede mmseg)
 from mmengine.config import Config  # noqa: E402
 from train import add_custom_hook, build_runner, load_config, parse_common_args  # noqa: E402
 
-from mmlrf.hooks import add_inference_options, chosen_inference_options  # noqa: E402
+from mmlrf.inference.options import add_inference_options, chosen_inference_options  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

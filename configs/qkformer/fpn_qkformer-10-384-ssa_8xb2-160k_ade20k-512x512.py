@@ -15,6 +15,8 @@ model = dict(
         arch='10-384',
         T=4,
         attn=dict(type='SSA', order='kv', scale=0.125),
+        conv_cfg={{_base_.conv_cfg}},
+        norm_cfg={{_base_.norm_cfg}},
         init_cfg=dict(type='Pretrained',
                       checkpoint='{{$MMLRF_PRETRAINED:checkpoints/qkformer-10-384_in1k.pth}}')),
     neck=dict(in_channels=[96, 192, 384], num_outs=3),

@@ -6,6 +6,7 @@ _base_ = [
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_160k_adamw.py'
 ]
 model = dict(
+    type='LeanEncoderDecoder',  # as in _base_/models/fpn_sdtv3.py: lean inference
     pretrained=None,
     data_preprocessor=dict(size=(512, 512)),
     backbone=dict(
@@ -14,7 +15,8 @@ model = dict(
         arch='19M',
         attn=dict(type='LRFDyn', token='v', num_dendrites=8, mode='auto', dilations=(3, 5)),
         out_indices=(0, 1, 2, 3),
-        conv_strips=True,  # as in _base_/models/fpn_sdtv3.py: inference over row strips
+        conv_cfg=dict(type='RoutedConv2d'),
+        norm_cfg=dict(type='SyncBN', requires_grad=True),
         init_cfg=dict(type='Pretrained',
                       checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m-lrfdyn_in1k.pth}}')),
     # SDT-V3 outputs [C0/2, C0, C1, C3] = [32, 64, 128, 360] channels at strides 2/4/8/16.

@@ -15,6 +15,8 @@ model = dict(
         arch='8-512',
         T=4,
         attn=dict(type='SSA', order='kv', scale=0.125),
+        conv_cfg={{_base_.conv_cfg}},
+        norm_cfg={{_base_.norm_cfg}},
         init_cfg=dict(type='Pretrained',
                       checkpoint='{{$MMLRF_PRETRAINED:checkpoints/spikformer-8-512_in1k.pth}}')),
     neck=dict(in_channels=[512, 512, 512, 512]),

@@ -7,14 +7,17 @@ _base_ = [
     '../_base_/default_runtime.py', '../_base_/schedules/schedule_160k_adamw.py'
 ]
 max_iters = 600
+norm_cfg = dict(type='BN')  # one process
 model = dict(
     data_preprocessor=dict(size=(64, 64)),
     # Layer scales start at 1 (official 1e-6 assumes ImageNet pre-training) so the attention
     # branches learn from scratch within the short schedule.
     backbone=dict(arch=None, embed_dims=[8, 16, 32, 32], num_heads=4,
-                  attn=dict(_delete_=True, type='LRFDyn'), layer_scale_init=1.0),
-    neck=dict(in_channels=[4, 8, 16, 32], out_channels=32),
-    decode_head=dict(in_channels=[32, 32, 32, 32], channels=32, num_classes=5))
+                  attn=dict(_delete_=True, type='LRFDyn'), layer_scale_init=1.0,
+                  norm_cfg=norm_cfg),
+    neck=dict(in_channels=[4, 8, 16, 32], out_channels=32, norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=[32, 32, 32, 32], channels=32, num_classes=5,
+                     norm_cfg=norm_cfg))
 env_cfg = dict(cudnn_benchmark=False)
 # One intra-op thread: faster for this tiny model, and robust on a shared CPU.
 custom_hooks = [dict(type='NeuronResetHook'), dict(type='TorchThreadsHook', num_threads=1)]

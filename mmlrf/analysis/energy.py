@@ -1,256 +1,199 @@
-"""Firing rates, synaptic operations and energy of a spiking network, from forward hooks.
+"""Firing rates, synaptic operations and energy of a spiking network per image, from forward
+hooks, by the field's conventions:
 
-Conventions (the field's, ``docs/benchmarks.md``):
-
-* **Spike count.** A neuron's output is turned back into integer spike counts: MultiSpike
-  outputs ``round(clamp(x, 0, D)) / norm``, so the count is ``output × norm`` (0…D, each integer
-  unrolled into that many binary spikes at inference); a LIF emits 0/1 per time step (scale 1).
-  The *firing rate* of a tensor is the mean count per element (per time step for LIF).
-* **SOPs** of a layer whose input is a spike tensor: ``rate(input) × FLOPs``, FLOPs = the dense
-  multiply-accumulates of the call over all T·B frames, i.e. per image ``rate × T × FLOPs_frame``.
-  ``sops_exact`` also counts the actual events: each input spike triggers one accumulate per
-  weight it meets (a conv of the count map with all-ones weights, summed), padding included.
-* **MACs** for layers whose input is real-valued (the first conv on the image, and any layer fed
-  by a non-spike tensor): their dense FLOPs.
-* **Attention products** from the actual operand spikes: SSA ``(Q Kᵀ) V`` counts
-  ``rate(Q) · T·B·heads·N²·d`` + ``rate(V) · T·B·heads·N²·dv`` SOPs, ``Q (Kᵀ V)`` counts
-  ``rate(K) · T·B·heads·N·d·dv`` + ``rate(Q) · T·B·heads·N·d·dv``; the dendritic dynamics counts
-  ``rate(u) · numel(u) · k`` SOPs (input injection into k dendrites) and ``2 · numel(u) · k``
-  MACs (state update and readout of the real-valued state), whatever its evaluation path.
-* Energy: ``E = e_mac · MACs + e_ac · SOPs`` with 4.6 pJ and 0.9 pJ (45 nm) by default.
-
-Everything is reported per image (totals divided by the number of images seen).
+* **Spike count**: a MultiSpike output ``round(clamp(x, 0, D)) / norm`` times ``norm`` (0…D,
+  each integer unrolled into as many binary spikes), a LIF output (0/1 per time step) as it is;
+  a tensor's *firing rate* is its mean count per element.
+* **SOPs** of a layer fed by spikes: ``rate(input) × FLOPs`` (the dense multiply-accumulates of
+  the call over all T·B frames); ``sops_exact`` counts each input spike once per weight it meets
+  (a conv of the counts with all-ones weights, zero padding included). **MACs** of a layer fed
+  by a real-valued tensor (the first conv on the image): its FLOPs.
+* **Attention products** from their operands: ``(Q Kᵀ) V``: ``rate(Q)·T·B·N²·C +
+  rate(V)·T·B·N²·Cv``; ``Q (Kᵀ V)``: ``(rate(K) + rate(Q))·T·B·N·C·Cv/heads``. The dendritic
+  operator: ``rate(u)·numel(u)·k`` SOPs (input into k dendrites) and ``2·numel(u)·k`` MACs
+  (update and readout of its real-valued state), whatever its evaluation path.
+* **Energy** ``e_mac · MACs + e_ac · SOPs``, by default 4.6 pJ and 0.9 pJ (45 nm).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Iterable
+import math
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..neurons import MultiSpike, MultiStepLIF
+from ..inference import set_lean_inference
+from ..models.mixers import TokenMixer
+from ..models.neurons import MultiSpike, MultiStepLIF
+from ..ops.dendritic import DendriticDynamics
+from .report import new_figure, save_figure
 
-E_MAC_PJ = 4.6
-E_AC_PJ = 0.9
+E_MAC_PJ, E_AC_PJ = 4.6, 0.9
 COMPUTE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
-
-
-def spike_scale(neuron: nn.Module) -> float:
-    """Factor turning a neuron's output into integer spike counts (MultiSpike: ``norm``)."""
-    return float(neuron.norm) if isinstance(neuron, MultiSpike) else 1.0
+COUNTS = ('flops', 'sops', 'sops_exact', 'macs')
 
 
 def layer_flops(layer: nn.Module, out: Tensor) -> int:
-    """Dense multiply-accumulates of one call of a conv / linear layer (all samples)."""
+    """Dense multiply-accumulates of one call of a conv or linear layer (all samples)."""
     if isinstance(layer, nn.Linear):
         return out.numel() * layer.in_features
-    per_out = layer.in_channels // layer.groups
-    for k in layer.kernel_size:
-        per_out *= k
-    return out.numel() * per_out
+    return out.numel() * layer.in_channels // layer.groups * math.prod(layer.kernel_size)
 
 
 def exact_sops(layer: nn.Module, counts: Tensor) -> float:
-    """Accumulates triggered by the spike counts ``counts`` (the layer's input × scale)."""
+    """Accumulates the spike ``counts`` (the layer's input × scale) trigger in ``layer``."""
     if isinstance(layer, nn.Linear):
         return float(counts.sum()) * layer.out_features
+    if layer.padding_mode != 'zeros':
+        raise ValueError(f'padding_mode {layer.padding_mode!r} not supported, only zeros')
     conv = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv1d
     ones = torch.ones(layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size,
                       dtype=counts.dtype, device=counts.device)
-    if layer.padding_mode != 'zeros':
-        raise ValueError(f'padding_mode {layer.padding_mode!r} not supported, only zeros')
     return float(conv(counts, ones, None, layer.stride, layer.padding, layer.dilation,
                       layer.groups).sum())
 
 
 class EnergyMeter:
-    """Forward hooks collecting firing rates, SOPs and MACs of every layer of ``model``.
+    """Forward hooks counting the firing rates, SOPs and MACs of every layer of ``model``
+    (neurons of :mod:`mmlrf.models.neurons`), at ``e_mac`` / ``e_ac`` pJ per MAC / accumulate.
 
-    Use as a context manager around forward passes, then call :meth:`report`. Inside it, every
-    conv sees its whole map (:func:`~mmlrf.strips.whole_maps`), so each hooked call
-    counts a whole layer.
-
-    Args:
-        model (nn.Module): the network (neurons from :mod:`mmlrf.neurons`).
-        e_mac (float): energy of a multiply-accumulate, pJ.
-        e_ac (float): energy of an accumulate, pJ.
+    A context manager around forward passes; then :meth:`report`. Inside it lean inference is
+    off (:func:`~mmlrf.inference.set_lean_inference`; each module's setting comes back on exit):
+    its row strips would split one layer's call into several, and its in-place paths write real
+    values over spike maps, which the meter recognises by address.
     """
 
     def __init__(self, model: nn.Module, e_mac: float = E_MAC_PJ, e_ac: float = E_AC_PJ) -> None:
         self.model, self.e_mac, self.e_ac = model, e_mac, e_ac
         self.images = 0
-        self.neurons: OrderedDict[str, dict] = OrderedDict()
-        self.layers: OrderedDict[str, dict] = OrderedDict()
-        # data_ptr of a neuron output -> (scale, the output, kept alive so no other tensor
-        # can take its address during the forward pass)
+        self.neurons: dict[str, dict] = {}
+        self.layers: dict[str, dict] = {}
+        # address of a neuron output -> (scale, the output: kept alive so that no other tensor
+        # takes its address within the pass)
         self._spikes: dict[int, tuple[float, Tensor]] = {}
-        self._scales: set[float] = set()
         self._handles: list = []
-
-    # ------------------------------------------------------------------------------ hooks
-    def _neuron_hook(self, name: str, scale: float):
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            self._spikes[out.data_ptr()] = (scale, out)
-            self._scales.add(scale)
-            stat = self.neurons.setdefault(name, dict(type=type(module).__name__, scale=scale,
-                                                      count=0.0, elements=0))
-            stat['count'] += float(out.detach().double().sum()) * scale
-            stat['elements'] += out.numel()
-        return hook
+        self._lean: dict[nn.Module, bool] = {}
 
     def input_scale(self, x: Tensor) -> float | None:
-        """Spike scale of ``x`` if it is a neuron output (by storage, else by value), else None."""
+        """The spike scale of ``x`` if a neuron emitted it (by address, else by value: every
+        element a non-negative multiple of 1/scale of a scale seen), else None."""
         if x.data_ptr() in self._spikes:
             return self._spikes[x.data_ptr()][0]
         if x.is_floating_point() and x.numel() and bool((x >= 0).all()):
-            for s in sorted(self._scales):
-                c = x * s
-                if torch.equal(c, torch.round(c)):
+            for s in sorted({s for s, _ in self._spikes.values()}):
+                if torch.equal(x * s, torch.round(x * s)):
                     return s
         return None
 
     def _entry(self, name: str, module: nn.Module) -> dict:
-        return self.layers.setdefault(name, dict(type=type(module).__name__, input='real',
-                                                 flops=0.0, sops=0.0, sops_exact=0.0, macs=0.0,
-                                                 count=0.0, elements=0))
+        return self.layers.setdefault(name, dict(dict.fromkeys(COUNTS, 0.0), count=0.0, elements=0,
+                                                 type=type(module).__name__, input='real'))
 
-    def _layer_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            x = args[0].detach()
-            e = self._entry(name, module)
-            flops = layer_flops(module, out)
-            e['flops'] += flops
-            scale = self.input_scale(x)
-            if scale is None:
-                e['macs'] += flops
-                return
-            counts = x.double() * scale
-            rate = float(counts.mean())
-            e['input'] = 'spike'
-            e['count'] += float(counts.sum())
-            e['elements'] += x.numel()
-            e['sops'] += rate * flops
-            e['sops_exact'] += exact_sops(module, counts)
-        return hook
-
-    def _operand(self, x: Tensor | None) -> tuple[float, bool]:
-        """(mean spike count, is spike) of an attention operand."""
-        scale = self.input_scale(x.detach())
-        if scale is None:
-            return float(x.detach().double().abs().mean()), False
-        return float(x.detach().double().mean()) * scale, True
-
-    def _add_product(self, e: dict, operand: Tensor, flops: float) -> None:
-        rate, is_spike = self._operand(operand)
+    def _add(self, e: dict, x: Tensor, flops: float, exact: Callable[[Tensor], float]) -> None:
+        """Add one call of ``flops`` fed by ``x``: SOPs if ``x`` is spikes, else MACs."""
+        x = x.detach()
         e['flops'] += flops
-        if is_spike:
-            e['input'] = 'spike'
-            e['sops'] += rate * flops
-            e['sops_exact'] += rate * flops
-        else:
+        scale = self.input_scale(x)
+        if scale is None:
             e['macs'] += flops
+            return
+        counts = x.double() * scale
+        e['input'] = 'spike'
+        e['count'] += float(counts.sum())
+        e['elements'] += x.numel()
+        e['sops'] += float(counts.mean()) * flops
+        e['sops_exact'] += exact(counts)
 
-    def _mixer_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            q, k, v, _ = args
-            order = getattr(module, 'order', None)
-            if order not in ('qk', 'kv') or q is None or k is None or v is None:
-                return
-            e = self._entry(name + '.product', module)
-            t, b, c, h, w = q.shape
-            heads, n, cv = module.num_heads, h * w, v.shape[2]
-            d, dv = c // heads, cv // heads
-            if order == 'qk':
-                self._add_product(e, q, t * b * heads * n * n * d)
-                self._add_product(e, v, t * b * heads * n * n * dv)
-            else:
-                self._add_product(e, k, t * b * heads * n * d * dv)
-                self._add_product(e, q, t * b * heads * n * d * dv)
-        return hook
+    def _neuron_hook(self, name: str, module: nn.Module, args: tuple, out: Tensor) -> None:
+        scale = float(module.norm) if isinstance(module, MultiSpike) else 1.0
+        self._spikes[out.data_ptr()] = (scale, out)
+        stat = self.neurons.setdefault(name, dict(type=type(module).__name__, scale=scale,
+                                                  count=0.0, elements=0))
+        stat['count'] += float(out.detach().double().sum()) * scale
+        stat['elements'] += out.numel()
 
-    def _dynamics_hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, out: Tensor) -> None:
-            u = args[0]
-            e = self._entry(name, module)
-            k = getattr(module, 'num_dendrites', 8)
-            self._add_product(e, u, u.numel() * k)
-            e['flops'] += 2 * u.numel() * k
-            e['macs'] += 2 * u.numel() * k
-        return hook
+    def _layer_hook(self, name: str, module: nn.Module, args: tuple, out: Tensor) -> None:
+        self._add(self._entry(name, module), args[0], layer_flops(module, out),
+                  lambda counts: exact_sops(module, counts))
 
-    def __enter__(self) -> 'EnergyMeter':
-        from ..attention import TokenMixer
-        from ..attention.dynamics import DendriticDynamics
-        from ..strips import whole_maps
-        self._whole_maps = whole_maps()  # one hooked call per conv and map
-        self._whole_maps.__enter__()
+    def _mixer_hook(self, name: str, module: nn.Module, args: tuple) -> None:
+        q, k, v, _ = args
+        order = getattr(module, 'order', None)
+        if order not in ('qk', 'kv') or q is None or k is None or v is None:
+            return
+        e = self._entry(name + '.product', module)
+        t, b, c, h, w = q.shape
+        n, heads, cv = h * w, module.num_heads, v.shape[2]
+        pairs = (((q, n * c), (v, n * cv)) if order == 'qk' else ((k, c * cv // heads),
+                                                                  (q, c * cv // heads)))
+        for operand, per_token in pairs:
+            flops = t * b * n * per_token
+            self._add(e, operand, flops, lambda counts, f=flops: float(counts.mean()) * f)
+
+    def _dynamics_hook(self, name: str, module: nn.Module, args: tuple, out: Tensor) -> None:
+        e, u, k = self._entry(name, module), args[0], module.num_dendrites
+        self._add(e, u, u.numel() * k, lambda counts: float(counts.sum()) * k)
+        e['flops'] += 2 * u.numel() * k
+        e['macs'] += 2 * u.numel() * k
+
+    def __enter__(self) -> EnergyMeter:
+        self._lean = {m: m.lean_inference for m in self.model.modules()
+                      if hasattr(m, 'lean_inference')}
+        set_lean_inference(self.model, False)
         for name, m in self.model.named_modules():
-            if isinstance(m, (MultiSpike, MultiStepLIF)):
+            hook = (self._neuron_hook if isinstance(m, (MultiSpike, MultiStepLIF)) else
+                    self._layer_hook if isinstance(m, COMPUTE_LAYERS) else
+                    self._dynamics_hook if isinstance(m, DendriticDynamics) else None)
+            if hook is not None:
                 self._handles.append(m.register_forward_hook(
-                    self._neuron_hook(name, spike_scale(m))))
-            elif isinstance(m, COMPUTE_LAYERS):
-                self._handles.append(m.register_forward_hook(self._layer_hook(name)))
+                    lambda *a, name=name, hook=hook: hook(name, *a)))
             elif isinstance(m, TokenMixer):
-                self._handles.append(m.register_forward_pre_hook(self._mixer_hook(name)))
-            elif isinstance(m, DendriticDynamics):
-                self._handles.append(m.register_forward_hook(self._dynamics_hook(name)))
+                self._handles.append(m.register_forward_pre_hook(
+                    lambda *a, name=name: self._mixer_hook(name, *a)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for h in self._handles:
-            h.remove()
+        for handle in self._handles:
+            handle.remove()
         self._handles.clear()
-        self._whole_maps.__exit__(*exc)
+        for module, lean in self._lean.items():
+            module.lean_inference = lean
 
     def add_images(self, n: int) -> None:
-        """Count ``n`` images seen (for per-image numbers) and forget stale output pointers."""
+        """Count ``n`` images seen and forget the outputs of the pass."""
         self.images += n
         self._spikes.clear()
 
-    # ----------------------------------------------------------------------------- report
     def report(self) -> dict:
-        """Per-image numbers.
-
-        Returns:
-            dict: ``images``, ``e_mac_pj``, ``e_ac_pj``, ``layers`` (list of ``name, type,
-            input ('spike'|'real'), input_rate, flops, sops, sops_exact, macs, energy_pj``),
-            ``neurons`` (list of ``name, type, scale, firing_rate``) and ``totals``
-            (``flops, sops, sops_exact, macs, energy_mj, energy_exact_mj``).
-        """
+        """Per-image numbers: ``images``, ``e_mac_pj``, ``e_ac_pj``, ``layers`` (``name, type,
+        input`` ('spike' | 'real'), ``input_rate``, :data:`COUNTS`, ``energy_pj``), ``neurons``
+        (``name, type, scale, firing_rate``) and ``totals`` (:data:`COUNTS`, ``energy_mj``,
+        ``energy_exact_mj``, ``mean_firing_rate``)."""
         n = max(self.images, 1)
-        layers = []
-        for name, e in self.layers.items():
-            row = dict(name=name, type=e['type'], input=e['input'],
-                       input_rate=e['count'] / e['elements'] if e['elements'] else None)
-            for key in ('flops', 'sops', 'sops_exact', 'macs'):
-                row[key] = e[key] / n
+        layers = [dict(name=name, type=e['type'], input=e['input'],
+                       input_rate=e['count'] / e['elements'] if e['elements'] else None,
+                       **{key: e[key] / n for key in COUNTS}) for name, e in self.layers.items()]
+        for row in layers:
             row['energy_pj'] = self.e_mac * row['macs'] + self.e_ac * row['sops']
-            layers.append(row)
+        tot = {key: sum(r[key] for r in layers) for key in COUNTS}
+        tot['energy_mj'] = (self.e_mac * tot['macs'] + self.e_ac * tot['sops']) * 1e-9
+        tot['energy_exact_mj'] = (self.e_mac * tot['macs'] + self.e_ac * tot['sops_exact']) * 1e-9
+        stats = self.neurons.values()
+        tot['mean_firing_rate'] = (sum(s['count'] for s in stats)
+                                   / max(sum(s['elements'] for s in stats), 1))
         neurons = [dict(name=name, type=s['type'], scale=s['scale'],
                         firing_rate=s['count'] / s['elements'] if s['elements'] else 0.0)
                    for name, s in self.neurons.items()]
-        tot = {key: sum(r[key] for r in layers) for key in ('flops', 'sops', 'sops_exact',
-                                                              'macs')}
-        tot['energy_mj'] = (self.e_mac * tot['macs'] + self.e_ac * tot['sops']) * 1e-9
-        tot['energy_exact_mj'] = (self.e_mac * tot['macs'] + self.e_ac * tot['sops_exact']) * 1e-9
-        tot['mean_firing_rate'] = (sum(s['count'] for s in self.neurons.values()) /
-                                   max(sum(s['elements'] for s in self.neurons.values()), 1))
         return dict(images=self.images, e_mac_pj=self.e_mac, e_ac_pj=self.e_ac, layers=layers,
                     neurons=neurons, totals=tot)
 
 
 def measure_energy(model: nn.Module, batches: Iterable[Tensor], e_mac: float = E_MAC_PJ,
-                   e_ac: float = E_AC_PJ, forward=None) -> dict:
-    """Run ``model`` (eval, no grad) over image batches ``[B, 3, H, W]`` and report energy.
-
-    Args:
-        model: the network.
-        batches: iterable of input tensors.
-        e_mac, e_ac: energies in pJ.
-        forward: callable ``forward(model, x)``; default ``model(x)``.
-    """
+                   e_ac: float = E_AC_PJ,
+                   forward: Callable[[nn.Module, Tensor], Any] | None = None) -> dict:
+    """:meth:`EnergyMeter.report` of ``forward(model, x)`` (default ``model(x)``) over image
+    batches ``[B, 3, H, W]``, in eval mode without autograd."""
     model.eval()
     meter = EnergyMeter(model, e_mac, e_ac)
     with torch.no_grad(), meter:
@@ -261,7 +204,7 @@ def measure_energy(model: nn.Module, batches: Iterable[Tensor], e_mac: float = E
 
 
 def format_table(report: dict) -> str:
-    """The per-layer table and totals as text."""
+    """The per-layer table and the totals as text."""
     lines = [f"{'layer':<48} {'type':<18} {'input':<5} {'rate':>7} {'MFLOPs':>10} "
              f"{'M SOPs':>10} {'M MACs':>10} {'uJ':>9}"]
     for r in report['layers']:
@@ -272,27 +215,23 @@ def format_table(report: dict) -> str:
     t = report['totals']
     lines.append(f"TOTAL per image ({report['images']} images): {t['flops'] / 1e9:.4f} GFLOPs, "
                  f"{t['sops'] / 1e9:.4f} G SOPs ({t['sops_exact'] / 1e9:.4f} G exact), "
-                 f"{t['macs'] / 1e9:.4f} G MACs, energy {t['energy_mj']:.4f} mJ "
-                 f"(exact events: {t['energy_exact_mj']:.4f} mJ) with E_MAC "
-                 f"{report['e_mac_pj']} pJ, E_AC {report['e_ac_pj']} pJ; mean firing rate "
-                 f"{t['mean_firing_rate']:.4f}")
+                 f"{t['macs'] / 1e9:.4f} G MACs, energy {t['energy_mj']:.4f} mJ (exact events "
+                 f"{t['energy_exact_mj']:.4f} mJ) at E_MAC {report['e_mac_pj']} pJ, E_AC "
+                 f"{report['e_ac_pj']} pJ; mean firing rate {t['mean_firing_rate']:.4f}")
     return '\n'.join(lines)
 
 
 def plot_energy(report: dict, path: str) -> None:
-    """Bar plot of energy per layer (SOP and MAC parts), one PNG."""
-    from .plotting import new_figure, save_figure
+    """One PNG: energy per layer, its SOP and MAC parts stacked."""
     layers = report['layers']
     fig, (ax,) = new_figure(1, 1, size=(10, 1.5 + 0.18 * max(len(layers), 1)))
-    y = range(len(layers))
     sop = [report['e_ac_pj'] * r['sops'] * 1e-6 for r in layers]
-    mac = [report['e_mac_pj'] * r['macs'] * 1e-6 for r in layers]
-    ax.barh(y, sop, label='AC (SOPs)')
-    ax.barh(y, mac, left=sop, label='MAC')
-    ax.set_yticks(list(y))
-    ax.set_yticklabels([r['name'] for r in layers], fontsize=6)
+    ax.barh(range(len(layers)), sop, label='AC (SOPs)')
+    ax.barh(range(len(layers)), [report['e_mac_pj'] * r['macs'] * 1e-6 for r in layers],
+            left=sop, label='MAC')
+    ax.set_yticks(range(len(layers)), [r['name'] for r in layers], fontsize=6)
     ax.invert_yaxis()
-    ax.set_xlabel('energy per image (uJ)')
+    ax.set(xlabel='energy per image (uJ)',
+           title=f"total {report['totals']['energy_mj']:.4f} mJ per image")
     ax.legend()
-    ax.set_title(f"total {report['totals']['energy_mj']:.4f} mJ per image")
     save_figure(fig, path)

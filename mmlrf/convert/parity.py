@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..neurons import MultiSpike
+from ..models.neurons import MultiSpike
 from .sdtv3 import SDTV3Segmentor, convert_official_state_dict, mmlrf_config_from_official
 
 #: Tolerance recommended by the fixture README (``torch.allclose``).

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..backbones import SDTV3
-from ..heads import SpikingFPN, SpikingFPNHead
+from ..models.backbones import SDTV3
+from ..models.decode_heads import SpikingFPNHead
+from ..models.necks import SpikingFPN
 
 #: Layer-scale value given to ImageNet checkpoints (official segmentation recipe).
 DEFAULT_IMAGENET_LAYER_SCALE = 1e-6

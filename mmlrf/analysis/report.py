@@ -1,0 +1,31 @@
+"""Report files of the measurement tools: ``<out>.json`` and matplotlib (Agg) PNG figures."""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_json(report: dict, path: str) -> None:
+    """Write ``report`` to ``path`` as indented JSON, creating the folder."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(report, f, indent=1)
+
+
+def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (8, 5)):
+    """A figure and the flat list of its ``rows`` × ``cols`` axes."""
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
+
+
+def save_figure(fig, path: str) -> None:
+    """Save ``fig`` as a PNG at ``path`` (creating the folder) and close it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,2 @@
+"""Runner-side pieces: mmengine hooks."""
+from . import hooks  # noqa: F401

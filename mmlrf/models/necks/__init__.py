@@ -1,0 +1,4 @@
+"""Necks."""
+from .spiking_fpn import SpikingFPN
+
+__all__ = ['SpikingFPN']

@@ -1,0 +1,4 @@
+"""Segmentors."""
+from .lean_encoder_decoder import LeanEncoderDecoder
+
+__all__ = ['LeanEncoderDecoder']

@@ -1,0 +1,1 @@
+"""Operators below the model layer (no mmlrf model code imported here)."""

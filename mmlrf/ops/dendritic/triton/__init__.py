@@ -1,0 +1,1 @@
+"""Triton kernels of the dendritic operator (imported only where Triton is)."""
