@@ -81,6 +81,22 @@ def _scale_head(stages: Sequence[nn.Module], x: Tensor) -> Tensor:
     return x
 
 
+def _add_resized(out: Tensor, y: Tensor, upsample: nn.Module | None,
+                 align_corners: bool) -> None:
+    """``out += resize(upsample(y))`` in place over :data:`ADD_CHUNKS` channel chunks (resize:
+    bilinear to ``out``'s size where it differs), so only one chunk of the resized map exists
+    at a time. ``out`` ``[B, C, H, W]``, ``y`` ``[B, C, h, w]``."""
+    step = -(-y.shape[1] // ADD_CHUNKS)
+    for c in range(0, y.shape[1], step):
+        part = y[:, c:c + step]
+        if upsample is not None:
+            part = upsample(part)
+        if part.shape[-2:] != out.shape[-2:]:
+            part = F.interpolate(part, size=out.shape[-2:], mode='bilinear',
+                                 align_corners=align_corners)
+        out[:, c:c + step] += part
+
+
 def head_forward(head: nn.Module, inputs: Sequence[Tensor]) -> Tensor:
     """:class:`~mmlrf.models.decode_heads.SpikingFPNHead`'s forward on its selected inputs,
     lean: each level's last upsample and resize run over :data:`ADD_CHUNKS` channel chunks
@@ -89,15 +105,5 @@ def head_forward(head: nn.Module, inputs: Sequence[Tensor]) -> Tensor:
     for level, stages in zip(inputs[1:], head.scale_heads[1:]):
         layers = list(stages)
         upsample = layers.pop() if isinstance(layers[-1], Upsample) else None
-        y = _scale_head(layers, level)
-        step = -(-y.shape[1] // ADD_CHUNKS)
-        for c in range(0, y.shape[1], step):
-            part = y[:, c:c + step]
-            if upsample is not None:
-                part = upsample(part)
-            if part.shape[-2:] != out.shape[-2:]:
-                part = F.interpolate(part, size=out.shape[-2:], mode='bilinear',
-                                     align_corners=head.align_corners)
-            out[:, c:c + step] += part
-        del y
+        _add_resized(out, _scale_head(layers, level), upsample, head.align_corners)
     return head.cls_seg(spike_in_place(head.out_spike, out))
