@@ -24,22 +24,29 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .reference import DiscreteModes, fft_conv, recurrent_scan
+from .reference import DiscreteModes, complex_dtype, fft_conv, recurrent_scan
 from .scan import chunk_length, chunked_scan, streaming_scan
 from .triton_ops import triton_available, triton_scan
 
 Backend = Callable[[Tensor, DiscreteModes, bool, int], Tensor]
 
 
+def cast_modes(modes: DiscreteModes, dtype: torch.dtype) -> DiscreteModes:
+    """``modes`` in the real ``dtype`` (its complex counterpart for complex tensors)."""
+    return DiscreteModes(*(t.to(complex_dtype(dtype) if t.is_complex() else dtype)
+                           for t in modes[:3]))
+
+
 def _pytorch(fn: Callable[[Tensor, DiscreteModes, int], Tensor]) -> Backend:
-    """A PyTorch path as a backend: computes in ``u``'s dtype promoted to at least fp32, runs the
-    anti-causal direction on the reversed sequence."""
+    """A PyTorch path as a backend: computes in ``u``'s dtype promoted to at least fp32 (also
+    under autocast), runs the anti-causal direction on the reversed sequence."""
 
     def backend(u: Tensor, modes: DiscreteModes, reverse: bool, chunk_size: int) -> Tensor:
         dtype = torch.promote_types(u.dtype, torch.float32)
-        modes = DiscreteModes(*(t.to(dtype) for t in modes[:3]))
+        modes = cast_modes(modes, dtype)
         seq = u.to(dtype).flip(-1) if reverse else u.to(dtype)
-        y = fn(seq, modes, chunk_length(seq.shape[-1], chunk_size))
+        with torch.autocast(u.device.type, enabled=False):
+            y = fn(seq, modes, chunk_length(seq.shape[-1], chunk_size))
         return (y.flip(-1) if reverse else y).to(u.dtype)
 
     backend.__doc__ = fn.__doc__

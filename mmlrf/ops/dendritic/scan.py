@@ -1,15 +1,18 @@
 """Chunked exact scans of the diagonalised dendritic operator (pure PyTorch, the CPU fast paths).
 
-The modal system ``h_{n,j} = ā_j h_{n−1,j} + u_n``, ``y_n = Σ_j w_j h_{n,j} + d u_n`` (see
-:mod:`~mmlrf.ops.dendritic.reference`) is evaluated over chunks of L tokens:
+The modal system ``h_{n,j} = ā_j h_{n−1,j} + u_n``, ``y_n = Re Σ_j w_j h_{n,j} + d u_n`` (see
+:mod:`~mmlrf.ops.dendritic.reference`; complex ā, w and h for complex modes) is evaluated over
+chunks of L tokens:
 
 - inside a chunk: ``y = T u`` with the L×L lower-triangular Toeplitz matrix ``T[t, s] = K[t−s]``,
-  ``K[m] = Σ_j w_j ā_j^m`` (one ``[C, L, L]`` matrix shared by all chunks);
-- from the state entering the chunk: ``y_t += Σ_j w_j ā_j^{t+1} h_j``;
+  ``K[m] = Re Σ_j w_j ā_j^m`` (one real ``[C, L, L]`` matrix shared by all chunks);
+- from the state entering the chunk: ``y_t += Re Σ_j w_j ā_j^{t+1} h_j``;
 - state update across a chunk: ``h ← ā^L h + Σ_s ā^{L−1−s} u_s``.
 
-All powers are ``exp(m log ā)`` with m ≥ 0 and log ā ≤ 0, so nothing can overflow, and no
-``[C, k, N]`` kernel is ever built. Two schedules:
+All powers are ``exp(m log ā)`` with m ≥ 0 and Re log ā ≤ 0, so nothing can overflow, and no
+``[C, k, N]`` kernel is ever built. Complex modes cost two real products where real ones cost
+one, and only on the ``k``-column state path (:func:`inject`, :func:`read_out`). Two
+schedules:
 
 - :func:`chunked_scan` (mode ``'scan'``): all chunks at once (three batched matmuls), only the
   cheap ``[B, C, k]`` state carry loops over the N/L chunks. Fastest; extra memory about one
@@ -62,24 +65,42 @@ def causal_toeplitz(kernel: Tensor) -> Tensor:
     return rows.unflatten(-1, (length, 2 * length - 1))[..., :length]
 
 
+def inject(x: Tensor, operator: Tensor) -> Tensor:
+    """``x @ operator`` of a real ``x`` ``[..., L]`` and a real or complex ``operator``
+    (``[C, L, k]``); a complex one as one real product with its real and imaginary columns."""
+    if not operator.is_complex():
+        return torch.matmul(x, operator)
+    both = torch.matmul(x, torch.cat((operator.real, operator.imag), -1))
+    return torch.complex(*both.chunk(2, -1))
+
+
+def read_out(states: Tensor, readout: Tensor) -> Tensor:
+    """``Re(states @ readout)`` (``[..., k]`` by ``[C, k, L]``); complex operands as one real
+    product of ``[Re, Im]`` with ``[Re; −Im]``."""
+    if not states.is_complex():
+        return torch.matmul(states, readout)
+    return torch.matmul(torch.cat((states.real, states.imag), -1),
+                        torch.cat((readout.real, -readout.imag), -2))
+
+
 def chunk_operators(log_a: Tensor, w: Tensor,
                     length: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Matrices shared by all chunks of length L.
 
     Args:
-        log_a (Tensor): ``[C, k]`` log modal decays (≤ 0).
+        log_a (Tensor): ``[C, k]`` log modal decays (real part ≤ 0), real or complex.
         w (Tensor): ``[C, k]`` modal weights.
         length (int): L.
 
     Returns:
         tuple[Tensor, Tensor, Tensor, Tensor]: ``toeplitz_t`` ``[C, L(s), L(t)]`` = ``K[t−s]``
-        for t ≥ s else 0; ``readout`` ``[C, k, L]`` = ``w_j ā_j^{t+1}``; ``inject``
+        for t ≥ s else 0 (real); ``readout`` ``[C, k, L]`` = ``w_j ā_j^{t+1}``; ``inject``
         ``[C, L, k]`` = ``ā_j^{L−1−s}``; ``chunk_decay`` ``[C, k]`` = ``ā_j^L``.
     """
-    steps = torch.arange(length, device=log_a.device, dtype=log_a.dtype)
+    steps = torch.arange(length, device=log_a.device, dtype=log_a.real.dtype)
     decay = torch.exp(log_a[..., None] * steps)                    # [C, k, L]  ā^m
     kernel = (w[..., None] * decay).sum(1)                         # [C, L]
-    toeplitz_t = causal_toeplitz(kernel)
+    toeplitz_t = causal_toeplitz(kernel.real if kernel.is_complex() else kernel)
     readout = w[..., None] * decay * torch.exp(log_a)[..., None]
     inject = decay.flip(-1).transpose(1, 2)
     return toeplitz_t, readout, inject, torch.exp(log_a * length)
@@ -107,10 +128,10 @@ def exclusive_chunk_scan(ends: Tensor, decay: Tensor) -> Tensor:
 
 def _chunk_products(chunks: Tensor, log_a: Tensor, w: Tensor, length: int) -> Tensor:
     """``[B, C, nc, L]`` chunks → their dynamics output without the skip, ``[B, C, nc, L]``."""
-    toeplitz_t, readout, inject, chunk_decay = chunk_operators(log_a, w, length)
+    toeplitz_t, readout, injection, chunk_decay = chunk_operators(log_a, w, length)
     y = torch.matmul(chunks, toeplitz_t)
-    entering = exclusive_chunk_scan(torch.matmul(chunks, inject), chunk_decay)
-    return y.add_(torch.matmul(entering, readout))
+    entering = exclusive_chunk_scan(inject(chunks, injection), chunk_decay)
+    return y.add_(read_out(entering, readout))
 
 
 class _ChunkedScan(torch.autograd.Function):
@@ -134,9 +155,10 @@ class _ChunkedScan(torch.autograd.Function):
         chunks, log_a, w = ctx.saved_tensors
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (chunks, log_a, w)]
-            toeplitz_t, readout, inject, chunk_decay = chunk_operators(*leaves[1:], ctx.length)
-            carried = torch.matmul(
-                exclusive_chunk_scan(torch.matmul(leaves[0], inject), chunk_decay), readout)
+            toeplitz_t, readout, injection, chunk_decay = chunk_operators(*leaves[1:],
+                                                                          ctx.length)
+            carried = read_out(exclusive_chunk_scan(inject(leaves[0], injection), chunk_decay),
+                               readout)
         # y = chunks @ T + carried: T's gradient by hand, the rest through the rebuilt graph
         g_toeplitz = torch.einsum('bcns,bcnt->cst', chunks, grad)
         # (a single chunk carries no state in: the chunks then only reach y through T)
@@ -182,9 +204,9 @@ def streaming_scan(u: Tensor, modes: DiscreteModes, chunk_size: int = 32) -> Ten
     log_a, w, d = modes.log_a, modes.w, modes.d
     bsz, ch, n = u.shape
     length = min(chunk_size, n)
-    toeplitz_t, readout, inject, chunk_decay = chunk_operators(log_a, w, length)
+    toeplitz_t, readout, injection, chunk_decay = chunk_operators(log_a, w, length)
     u_t = u.transpose(0, 1)                                        # [C, B, N] view
-    state = u.new_zeros(ch, bsz, log_a.shape[-1])
+    state = u.new_zeros(ch, bsz, log_a.shape[-1], dtype=log_a.dtype)
     out = u.new_empty(bsz, ch, n)
     for start in range(0, n, length):
         stop = min(start + length, n)
@@ -192,8 +214,8 @@ def streaming_scan(u: Tensor, modes: DiscreteModes, chunk_size: int = 32) -> Ten
         chunk = u_t[:, :, start:stop]
         y = torch.baddbmm(chunk * d[:, None, None], chunk, toeplitz_t[:, :size, :size])
         if start:
-            y = torch.baddbmm(y, state, readout[:, :, :size])
+            y += read_out(state, readout[:, :, :size])
         out[:, :, start:stop] = y.transpose(0, 1)
         if stop < n:
-            state = torch.baddbmm(state * chunk_decay[:, None, :], chunk, inject)
+            state = state * chunk_decay[:, None, :] + inject(chunk, injection)
     return out

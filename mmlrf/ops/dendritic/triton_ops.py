@@ -1,5 +1,9 @@
 """The dendritic operator on CUDA through Triton: the fused scan (forward + backward) and the
-fused discretisation of the 'modal' parameters, as autograd Functions.
+fused discretisation of the 'pmsn' parameters, as autograd Functions.
+
+The kernels take complex modes (real ones have zero imaginary parts): ``log ā`` and ``w`` as
+contiguous complex64 ``[C, k]`` tensors, read by the kernels through their interleaved real
+view (``torch.view_as_real``, no copy).
 
 Forward: the chunked tensor-core scan of :mod:`~mmlrf.ops.dendritic.triton.scan_kernels` (one
 program per ``(image, channel)`` sequence, ``[BLOCK_M, CHUNK]`` token tiles, intra-chunk Toeplitz
@@ -14,16 +18,17 @@ only if it compiles, launches and matches the float64 FFT reference; the autotun
 among the survivors. A candidate that does not compile on some Triton / GPU version is dropped
 with a warning instead of breaking the default path.
 
-Backward (:class:`_TritonScan`):
+Backward (:class:`_TritonScan`), for a real loss with PyTorch's complex gradients
+(``∂L/∂Re + i ∂L/∂Im``):
 
 - input gradient: the adjoint of a causal linear recurrence is the same recurrence run
   backwards in time, so ``∂u = `` the forward kernel applied to ``∂y`` in the opposite direction;
 - parameter gradients in one more forward-direction pass of the chunked parameter-gradient kernel
   (:data:`~mmlrf.ops.dendritic.triton.scan_kernels.param_grad_kernel`): with
-  ``h_{t,j} = Σ_{s≤t} ā_j^{t−s} u_s``, ``∂w_j = Σ_t ∂y_t h_{t,j}``,
-  ``∂log ā_j = w_j Σ_{s≤t} ∂y_t (t−s) ā_j^{t−s} u_s`` and ``∂d = Σ_t ∂y_t u_t``, per sequence into
-  ``[B, C, k]`` fp32 partials summed over B here. Extra memory: ``∂u`` (the result) plus
-  ``O(B·C·k)``.
+  ``h_{t,j} = Σ_{s≤t} ā_j^{t−s} u_s``, ``∂w_j = conj(Σ_t ∂y_t h_{t,j})``,
+  ``∂log ā_j = conj(w_j Σ_{s≤t} ∂y_t (t−s) ā_j^{t−s} u_s)`` and ``∂d = Σ_t ∂y_t u_t``, per
+  sequence into ``[B, C, k]`` partials summed over B here. Extra memory: ``∂u`` (the result)
+  plus ``O(B·C·k)``.
 
 Triton is probed once, at import (:data:`TRITON_IMPORTS`); without it this module still imports
 and :func:`triton_available` is False.
@@ -31,15 +36,13 @@ and :func:`triton_available` is False.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .reference import DiscreteModes, LEAK_MIN, fft_conv, impulse_kernel, modal_discretisation
+from .reference import DiscreteModes, fft_conv, impulse_kernel, pmsn_discretisation
 
 try:
     import triton
@@ -71,7 +74,16 @@ def modes_padded(num_modes: int) -> int:
 def kernel_head(log_a: Tensor, w: Tensor) -> Tensor:
     """``K[c, m]`` for ``m < CHUNK_MAX``, ``[C, CHUNK_MAX]`` fp32 (computed in float64): the
     intra-chunk Toeplitz of the forward kernel."""
-    return impulse_kernel(log_a.double(), w.double(), CHUNK_MAX).float()
+    def wide(t: Tensor) -> Tensor:
+        return t.to(torch.complex128 if t.is_complex() else torch.float64)
+    return impulse_kernel(wide(log_a), wide(w), CHUNK_MAX).float()
+
+
+def complex64(x: Tensor) -> Tensor:
+    """``x`` as a contiguous complex64 tensor (a real one with zero imaginary parts)."""
+    if not x.is_complex():
+        x = torch.complex(x.float(), torch.zeros_like(x, dtype=torch.float32))
+    return x.to(torch.complex64).contiguous()
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,19 +91,22 @@ def kernel_head(log_a: Tensor, w: Tensor) -> Tensor:
 @torch.enable_grad()
 def _fused_discretisation_check(device: torch.device) -> bool:
     gen = torch.Generator(device='cpu').manual_seed(0)
-    shapes = [(2, 3, 5), (2, 3), (2, 3, 5), (2, 3, 5), (2, 3, 5), (2, 3, 5)]
-    *raw, g_log_a, g_w = (torch.randn(s, generator=gen).double() for s in shapes)
-    grads = [g_log_a, g_w]
+    shapes = [(2, 3, 5), (2, 3, 5), (2, 3, 5, 2), (2, 3, 5, 2), (2, 3)]
+    raw = [torch.randn(s, generator=gen).double() for s in shapes]
+    raw[4] = raw[4] - 4.0  # Δ around e^-4
+    grads = [torch.randn(2, 3, 5, generator=gen, dtype=torch.complex128) for _ in range(2)]
     ref_in = [t.requires_grad_() for t in raw]
-    ref = list(modal_discretisation(*ref_in, 1e-3, 1e-1))
-    ref_grads = torch.autograd.grad(sum((r * g).sum() for r, g in zip(ref, grads)), ref_in)
+    ref = list(pmsn_discretisation(ref_in[0], ref_in[1], torch.view_as_complex(ref_in[2]),
+                                   torch.view_as_complex(ref_in[3]), ref_in[4]))
+    ref_grads = torch.autograd.grad(sum((r * g.conj()).real.sum() for r, g in zip(ref, grads)),
+                                    ref_in)
     ref.append(kernel_head(ref[0].detach(), ref[1].detach()))
     try:
         got_in = [t.detach().float().to(device).requires_grad_() for t in ref_in]
-        got = discretise(*got_in, 1e-3, 1e-1, CHUNK_MAX)
+        got = discretise(*got_in, CHUNK_MAX)
         got_grads = torch.autograd.grad(
-            sum((r * g.to(device)).sum() for r, g in zip(got, grads)), got_in)
-        errs = [((a.double().cpu() - b).abs().max() / b.abs().max()).item()
+            sum((r * g.to(device).conj()).real.sum() for r, g in zip(got, grads)), got_in)
+        errs = [((a.cpu().to(b.dtype) - b).abs().max() / b.abs().max()).item()
                 for a, b in zip(got + got_grads, ref + list(ref_grads))]
     except Exception as exc:  # the kernels do not compile or launch on this Triton / GPU
         warnings.warn(f'fused discretisation unavailable, using the PyTorch path: '
@@ -107,10 +122,10 @@ def _fused_discretisation_check(device: torch.device) -> bool:
 @torch.compiler.assume_constant_result  # under torch.compile: evaluated once, no graph break
 def fused_discretisation_works(device: torch.device) -> bool:
     """True when the fused discretisation (:func:`discretise`) compiles, runs and matches
-    :func:`~mmlrf.ops.dendritic.reference.modal_discretisation` (values, kernel head
-    and every gradient, relative error ≤ 1e-5, fp32 inputs) on a random ``[2, 3, 5]`` case on
-    ``device``; checked once per device. Otherwise it warns once and returns False, and the
-    module keeps the PyTorch path."""
+    :func:`~mmlrf.ops.dendritic.reference.pmsn_discretisation` (values, kernel head and every
+    gradient, relative error ≤ 1e-5, fp32 inputs) on a random ``[2, 3, 5]`` case on ``device``;
+    checked once per device. Otherwise it warns once and returns False, and the module keeps
+    the PyTorch path."""
     return triton_available() and device.type == 'cuda' and _fused_discretisation_check(device)
 
 
@@ -129,8 +144,8 @@ def _launch(u: Tensor, out: Tensor, log_a: Tensor, w: Tensor, d: Tensor, kern: T
             reverse: bool, kernel, meta: dict) -> None:
     bsz, ch, n = u.shape
     k = log_a.shape[-1]
-    kernel[(bsz * ch,)](u, out, log_a, w, d, kern, n, ch, k, REVERSE=reverse, K=modes_padded(k),
-                        KERN_STRIDE=CHUNK_MAX, **meta)
+    kernel[(bsz * ch,)](u, out, torch.view_as_real(log_a), torch.view_as_real(w), d, kern, n, ch,
+                        k, REVERSE=reverse, K=modes_padded(k), KERN_STRIDE=CHUNK_MAX, **meta)
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,13 +161,15 @@ def usable_configs(dtype: torch.dtype, num_modes: int, device: torch.device) -> 
     """
     gen = torch.Generator(device='cpu').manual_seed(0)
     u = torch.randn(1, 2, 8208, generator=gen, dtype=torch.float64)
-    log_a = -torch.rand(2, num_modes, generator=gen, dtype=torch.float64) * 0.2
-    w = torch.randn(2, num_modes, generator=gen, dtype=torch.float64)
+    log_a = torch.complex(-torch.rand(2, num_modes, generator=gen, dtype=torch.float64) * 0.2,
+                          torch.randn(2, num_modes, generator=gen, dtype=torch.float64))
+    w = torch.randn(2, num_modes, generator=gen, dtype=torch.complex128)
     d = torch.randn(2, generator=gen, dtype=torch.float64)
     u = u.to(dtype).double()
     ref = fft_conv(u, DiscreteModes(log_a, w, d))
     tol = 1e-4 if precision_kind(dtype) == 'fp32' else 2e-2
-    args = [t.to(device) for t in (u.to(dtype), log_a.float(), w.float(), d.float())]
+    args = [u.to(dtype), complex64(log_a), complex64(w), d.float()]
+    args = [t.to(device) for t in args]
     kern = kernel_head(log_a, w).to(device)
     good = []
     for config in forward_configs(dtype):
@@ -199,7 +216,7 @@ def launch_forward(u: Tensor, out: Tensor, log_a: Tensor, w: Tensor, d: Tensor, 
 
     Args:
         u, out (Tensor): ``[B, C, N]`` input and preallocated output.
-        log_a, w (Tensor): ``[C, k]`` fp32.
+        log_a, w (Tensor): ``[C, k]`` contiguous complex64.
         d (Tensor): ``[C]`` fp32.
         kern (Tensor): :func:`kernel_head` ``[C, CHUNK_MAX]``.
         reverse (bool): anti-causal.
@@ -223,26 +240,27 @@ def launch_param_grad(u: Tensor, grad_y: Tensor, log_a: Tensor, w: Tensor, rever
 
     Args:
         u, grad_y (Tensor): ``[B, C, N]`` contiguous, same dtype.
-        log_a, w (Tensor): ``[C, k]`` fp32.
+        log_a, w (Tensor): ``[C, k]`` contiguous complex64.
         reverse (bool): the direction of the forward scan.
         config (triton.Config | None): tiles; None = ``scan_kernels.GRAD_CONFIG``
             (``INTERPRETER_CONFIG`` under ``TRITON_INTERPRET=1``).
 
     Returns:
-        tuple[Tensor, Tensor, Tensor]: fp32 ``∂log ā`` ``[C, k]``, ``∂w`` ``[C, k]``, ``∂d``
-        ``[C]``.
+        tuple[Tensor, Tensor, Tensor]: complex64 ``∂log ā`` ``[C, k]`` and ``∂w`` ``[C, k]``,
+        fp32 ``∂d`` ``[C]``.
     """
     if config is None:
         config = scan_kernels.INTERPRETER_CONFIG if interpreting() else scan_kernels.GRAD_CONFIG
     bsz, ch, n = u.shape
     k = log_a.shape[-1]
-    gw = u.new_empty(bsz, ch, k, dtype=torch.float32)
+    gw = u.new_empty(bsz, ch, k, 2, dtype=torch.float32)
     gl = torch.empty_like(gw)
     gd = u.new_empty(bsz, ch, dtype=torch.float32)
-    scan_kernels.param_grad_kernel[(bsz * ch,)](u, grad_y, log_a, w, gw, gl, gd, n, ch, k,
+    scan_kernels.param_grad_kernel[(bsz * ch,)](u, grad_y, torch.view_as_real(log_a),
+                                                torch.view_as_real(w), gw, gl, gd, n, ch, k,
                                                 REVERSE=reverse, K=modes_padded(k),
                                                 **config.all_kwargs())
-    return gl.sum(0), gw.sum(0), gd.sum(0)
+    return (torch.view_as_complex(gl.sum(0)), torch.view_as_complex(gw.sum(0)), gd.sum(0))
 
 
 class _TritonScan(torch.autograd.Function):
@@ -286,74 +304,60 @@ def triton_scan(u: Tensor, modes: DiscreteModes, reverse: bool = False) -> Tenso
     if not (u.is_cuda and triton_available()):
         raise RuntimeError("mode='triton' needs a CUDA input and an installed triton; "
                            "use mode='auto' to fall back to the PyTorch scan")
-    log_a, w, d = (t.float().contiguous() for t in modes[:3])
+    log_a, w = complex64(modes.log_a), complex64(modes.w)
     head = modes.head if modes.head is not None else kernel_head(log_a.detach(), w.detach())
-    return _TritonScan.apply(u.contiguous(), log_a, w, d, head, reverse)
+    return _TritonScan.apply(u.contiguous(), log_a, w, modes.d.float().contiguous(), head,
+                             reverse)
 
 
-def _split(x: float) -> tuple[float, float]:
-    """``x`` as an fp32 head and the rest: a compiled kernel receives Python floats as fp32, and
-    :func:`~mmlrf.ops.dendritic.triton.discretise_kernels._f64` adds the two back in float64 (about 1e-15 relative)."""
-    head = float(np.float32(x))
-    return head, x - head
-
-
-def _scalars(leak_raw: Tensor, dt_min: float, dt_max: float) -> tuple:
-    """Kernel arguments shared by both launches: grid, rows, modes and the float64 constants
-    ``LEAK_MIN``, ``log dt_min``, ``log(dt_max/dt_min)``, each split by :func:`_split`."""
-    rows, k = leak_raw.shape[:-1].numel(), leak_raw.shape[-1]
-    constants = (LEAK_MIN, math.log(dt_min), math.log(dt_max) - math.log(dt_min))
-    return ((triton.cdiv(rows, discretise_kernels.BLOCK_ROWS),), rows, k,
-            *(part for value in constants for part in _split(value)))
-
-
-class _ModalDiscretisation(torch.autograd.Function):
-    """``(leak_raw, dt_raw, b, c) → (log ā, w, K)`` (maths and backward formulas:
+class _PMSNDiscretisation(torch.autograd.Function):
+    """``(log_a_real, a_imag, B, C, log_dt) → (log ā, w, K)`` (maths and backward formulas:
     :mod:`~mmlrf.ops.dendritic.triton.discretise_kernels`)."""
 
     @staticmethod
-    def forward(ctx, leak_raw: Tensor, dt_raw: Tensor, b: Tensor, c: Tensor, dt_min: float,
-                dt_max: float, head: int) -> tuple[Tensor, Tensor, Tensor]:
-        grid, *scalars = _scalars(leak_raw, dt_min, dt_max)
-        log_a = torch.empty(leak_raw.shape, device=leak_raw.device, dtype=torch.float32)
+    def forward(ctx, log_a_real: Tensor, a_imag: Tensor, b: Tensor, c: Tensor, log_dt: Tensor,
+                head: int) -> tuple[Tensor, Tensor, Tensor]:
+        rows, k = log_a_real.shape[:-1].numel(), log_a_real.shape[-1]
+        grid = (triton.cdiv(rows, discretise_kernels.BLOCK_ROWS),)
+        log_a = torch.empty(log_a_real.shape, device=log_a_real.device, dtype=torch.complex64)
         w = torch.empty_like(log_a)
-        kern = log_a.new_empty(*leak_raw.shape[:-1], head)
-        discretise_kernels.discretise_kernel[grid](leak_raw, dt_raw, b, c, log_a, w, kern,
-                                                   *scalars, HEAD=head,
-                                                   BLOCK_R=discretise_kernels.BLOCK_ROWS)
-        ctx.save_for_backward(leak_raw, dt_raw, b, c)
-        ctx.launch = (grid, *scalars)  # the backward launch takes the same grid and scalars
+        kern = log_a_real.new_empty(*log_a_real.shape[:-1], head, dtype=torch.float32)
+        discretise_kernels.pmsn_discretise_kernel[grid](
+            log_a_real, a_imag, b, c, log_dt, torch.view_as_real(log_a), torch.view_as_real(w),
+            kern, rows, k, HEAD=head, BLOCK_R=discretise_kernels.BLOCK_ROWS)
+        ctx.save_for_backward(log_a_real, a_imag, b, c, log_dt)
+        ctx.launch = (grid, rows, k)  # the backward launch takes the same grid
         ctx.mark_non_differentiable(kern)
         ctx.set_materialize_grads(False)  # no zero gradient is launched for K
         return log_a, w, kern
 
     @staticmethod
     def backward(ctx, grad_log_a: Tensor | None, grad_w: Tensor | None, _grad_kern: None):
-        leak_raw, dt_raw, b, c = ctx.saved_tensors
-        grid, *scalars = ctx.launch
-        upstream = [torch.zeros(leak_raw.shape, device=leak_raw.device) if g is None
-                    else g.contiguous() for g in (grad_log_a, grad_w)]
-        grads = [torch.empty_like(t) for t in (leak_raw, dt_raw, b, c)]
-        discretise_kernels.discretise_grad_kernel[grid](
-            leak_raw, dt_raw, b, c, *upstream, *grads, *scalars,
+        log_a_real, a_imag, b, c, log_dt = ctx.saved_tensors
+        grid, rows, k = ctx.launch
+        upstream = [torch.zeros(*log_a_real.shape, 2, device=log_a_real.device) if g is None
+                    else torch.view_as_real(g.contiguous()) for g in (grad_log_a, grad_w)]
+        grads = [torch.empty_like(t) for t in (log_a_real, a_imag, b, c, log_dt)]
+        discretise_kernels.pmsn_discretise_grad_kernel[grid](
+            log_a_real, a_imag, b, c, log_dt, *upstream, *grads, rows, k,
             BLOCK_R=discretise_kernels.BLOCK_ROWS)
-        return (*grads, None, None, None)
+        return (*grads, None)
 
 
 @torch.compiler.disable  # opaque to torch.compile, like the scan kernels
-def discretise(leak_raw: Tensor, dt_raw: Tensor, b: Tensor, c: Tensor, dt_min: float,
-               dt_max: float, head: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Modal discretisation for the Triton scan in one launch (differentiable, float64 maths).
+def discretise(log_a_real: Tensor, a_imag: Tensor, b: Tensor, c: Tensor, log_dt: Tensor,
+               head: int) -> tuple[Tensor, Tensor, Tensor]:
+    """PMSN discretisation for the Triton scan in one launch (differentiable, float64 maths).
 
     Args:
-        leak_raw, b, c (Tensor): ``[D, C, k]`` raw modal parameters (CUDA).
-        dt_raw (Tensor): ``[D, C]``.
-        dt_min, dt_max (float): the step-size range.
+        log_a_real, a_imag (Tensor): ``[D, C, k]`` (CUDA, fp32).
+        b, c (Tensor): ``[D, C, k, 2]`` complex input and readout as (real, imaginary) pairs.
+        log_dt (Tensor): ``[D, C]``.
         head (int): lags of the kernel head (a power of two).
 
     Returns:
-        tuple[Tensor, Tensor, Tensor]: fp32 ``log ā`` and ``w`` ``[D, C, k]`` and the kernel head
-        ``[D, C, head]`` (not differentiable).
+        tuple[Tensor, Tensor, Tensor]: complex64 ``log ā`` and ``w`` ``[D, C, k]`` and the fp32
+        kernel head ``[D, C, head]`` (not differentiable).
     """
-    return _ModalDiscretisation.apply(leak_raw.contiguous(), dt_raw.contiguous(), b.contiguous(),
-                                      c.contiguous(), dt_min, dt_max, head)
+    return _PMSNDiscretisation.apply(log_a_real.contiguous(), a_imag.contiguous(),
+                                     b.contiguous(), c.contiguous(), log_dt.contiguous(), head)

@@ -1,5 +1,6 @@
 """Test helper: the dendritic operator written out from its raw parameters with dense matrices
-and plain loops (matrix_exp, solve, one token at a time), independent of mmlrf's maths."""
+and plain loops (matrix_exp, solve, one token at a time, complex where the modes are),
+independent of mmlrf's maths."""
 from __future__ import annotations
 
 import math
@@ -19,9 +20,27 @@ def token_order(height: int, width: int, order: str) -> list[int]:
     return [i * width + j for j in range(width) for i in range(height)]
 
 
+def pmsn_system(module, direction: int, channel: int):
+    """(Ā, B̄, C) of one channel of a 'pmsn' module as explicit complex matrices:
+    ``M = diag(−exp(log_a_real) + i·a_imag)``, ``Ā = matrix_exp(M Δ)``,
+    ``B̄ = M⁻¹ (Ā − I) B`` by a linear solve, ``Δ = exp(log_dt)``."""
+    lam = torch.complex(-torch.exp(module.log_a_real[direction, channel].detach().double()),
+                        module.a_imag[direction, channel].detach().double())
+    m = torch.diag_embed(lam)
+    dt = math.exp(float(module.log_dt[direction, channel].detach()))
+    a_bar = torch.linalg.matrix_exp(m * dt)
+    b = torch.view_as_complex(module.b[direction, channel].detach().double().contiguous())
+    c = torch.view_as_complex(module.c[direction, channel].detach().double().contiguous())
+    eye = torch.eye(len(lam), dtype=torch.complex128)
+    return a_bar, torch.linalg.solve(m, (a_bar - eye) @ b), c
+
+
 def dense_system(module, direction: int, channel: int):
     """(Ā, B̄, c) of one channel from the raw parameters: dense M, matrix_exp, solve. A modal
-    module's M is the diagonal one (tridiagonal with zero couplings)."""
+    module's M is the diagonal one (tridiagonal with zero couplings); a 'pmsn' one is complex
+    (:func:`pmsn_system`)."""
+    if module.parameterization == 'pmsn':
+        return pmsn_system(module, direction, channel)
     k = module.num_dendrites
     leak_raw = module.leak_raw[direction, channel].detach().double().tolist()
     if module.parameterization == 'modal':
@@ -36,7 +55,7 @@ def dense_system(module, direction: int, channel: int):
         m[i, i] = -(LEAK_MIN + softplus + left + right)
         if i < k - 1:
             m[i, i + 1] = m[i + 1, i] = gamma[i]
-    raw = float(module.dt_raw[direction, channel])
+    raw = float(module.dt_raw[direction, channel].detach())
     sig = 1 / (1 + math.exp(-raw)) if raw >= 0 else math.exp(raw) / (1 + math.exp(raw))
     dt = math.exp(math.log(module.dt_min)
                   + (math.log(module.dt_max) - math.log(module.dt_min)) * sig)
@@ -58,10 +77,10 @@ def naive_forward(module, x: torch.Tensor) -> torch.Tensor:
         for c in range(ch):
             a_bar, b_bar, c_vec = dense_system(module, direction, c)
             for b in range(bsz):
-                s = torch.zeros(module.num_dendrites, dtype=torch.float64)
+                s = torch.zeros(module.num_dendrites, dtype=a_bar.dtype)
                 for pos in seq:
                     s = a_bar @ s + b_bar * flat[b, c, pos]
-                    y[b, c, pos] = y[b, c, pos] + c_vec @ s
+                    y[b, c, pos] = y[b, c, pos] + (c_vec @ s).real
     return y.reshape(x.shape)
 
 
@@ -75,5 +94,7 @@ def randomise(module, scale: float = 0.5, seed: int = 0):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a − b| / max |b| in float64."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+    """max |a − b| / max |b| in double precision (complex128 for complex tensors)."""
+    def wide(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.complex128 if t.is_complex() else torch.float64)
+    return ((wide(a) - wide(b)).abs().max() / wide(b).abs().max()).item()
