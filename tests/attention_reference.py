@@ -41,8 +41,9 @@ def naive_attention(q, k, v, heads, weight):
 
 
 def build_mixer(cfg, **kwargs):
-    """A float64 token mixer built from ``cfg`` with :data:`HEADS`, :data:`C`, :data:`CV`."""
-    return MODELS.build(dict(cfg, num_heads=HEADS, qk_channels=C, v_channels=CV,
+    """A float64 token mixer built from ``cfg`` with :data:`HEADS`, :data:`C`, :data:`CV`
+    (``kwargs`` override them)."""
+    return MODELS.build(dict(dict(cfg, num_heads=HEADS, qk_channels=C, v_channels=CV),
                              **kwargs)).double()
 
 

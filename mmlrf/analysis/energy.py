@@ -9,9 +9,12 @@ hooks, by the field's conventions:
   (a conv of the counts with all-ones weights, zero padding included). **MACs** of a layer fed
   by a real-valued tensor (the first conv on the image): its FLOPs.
 * **Attention products** from their operands: ``(Q Kᵀ) V``: ``rate(Q)·T·B·N²·C +
-  rate(V)·T·B·N²·Cv``; ``Q (Kᵀ V)``: ``(rate(K) + rate(Q))·T·B·N·C·Cv/heads``. The dendritic
-  operator: ``rate(u)·numel(u)·k`` SOPs (input into k dendrites) and ``2·numel(u)·k`` MACs
-  (update and readout of its real-valued state), whatever its evaluation path.
+  rate(V)·T·B·N²·Cv``; ``Q (Kᵀ V)``: ``(rate(K) + rate(Q))·T·B·N·C·Cv/heads``; LRF-Dyn's
+  gates ``k ⊙ v`` and ``q ⊙ ·``: ``rate(K)·numel(V)`` and ``rate(Q)·numel(V)``. The dendritic
+  operator, whatever its evaluation path: ``rate(u)·numel(u)·k`` SOPs (input into k dendrites)
+  and ``2·numel(u)·k`` MACs (update and readout of a real state); complex modes (PMSN) twice the
+  SOPs (real and imaginary input weights) and ``6·numel(u)·k`` MACs (a complex update, the real
+  part of a complex readout).
 * **Energy** ``e_mac · MACs + e_ac · SOPs``, by default 4.6 pJ and 0.9 pJ (45 nm).
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..inference import set_lean_inference
-from ..models.mixers import TokenMixer
+from ..models.mixers import LRFDyn, TokenMixer
 from ..models.neurons import MultiSpike, MultiStepLIF
 from ..ops.dendritic import DendriticDynamics
 from .report import new_figure, save_figure
@@ -119,6 +122,9 @@ class EnergyMeter:
 
     def _mixer_hook(self, name: str, module: nn.Module, args: tuple) -> None:
         q, k, v, _ = args
+        if isinstance(module, LRFDyn):
+            self._gate_hook(name, module, q, k, v)
+            return
         order = getattr(module, 'order', None)
         if order not in ('qk', 'kv') or q is None or k is None or v is None:
             return
@@ -132,10 +138,24 @@ class EnergyMeter:
             self._add(e, operand, flops, lambda counts, f=flops: float(counts.mean()) * f)
 
     def _dynamics_hook(self, name: str, module: nn.Module, args: tuple, out: Tensor) -> None:
-        e, u, k = self._entry(name, module), args[0], module.num_dendrites
+        e, u = self._entry(name, module), args[0]
+        parts = 2 if module.parameterization == 'pmsn' else 1  # complex modes: real, imaginary
+        k = module.num_dendrites * parts
         self._add(e, u, u.numel() * k, lambda counts: float(counts.sum()) * k)
-        e['flops'] += 2 * u.numel() * k
-        e['macs'] += 2 * u.numel() * k
+        macs = (6 if parts == 2 else 2) * u.numel() * module.num_dendrites
+        e['flops'] += macs
+        e['macs'] += macs
+
+    def _gate_hook(self, name: str, module: LRFDyn, q: Tensor | None, k: Tensor | None,
+                   v: Tensor | None) -> None:
+        """LRF-Dyn's element-wise products with spikes: ``k ⊙ v`` and the query readout."""
+        cv = module.v_channels
+        for tag, gate, used in (('key', k, module.token == 'k*v'), ('query', q,
+                                                                    module.query_gate)):
+            if used and gate is not None:
+                flops = gate.numel() * cv // module.qk_channels
+                self._add(self._entry(f'{name}.{tag}_gate', module), gate, flops,
+                          lambda counts: float(counts.sum()) * cv / module.qk_channels)
 
     def __enter__(self) -> EnergyMeter:
         self._lean = {m: m.lean_inference for m in self.model.modules()

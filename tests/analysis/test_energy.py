@@ -72,18 +72,39 @@ def test_attention_products_count_operand_spikes(order):
     assert row['sops'] == pytest.approx(expect.item(), rel=1e-12)
 
 
-def test_dendritic_operator_counts():
-    """Spikes into k dendrites (SOPs) and the real-valued state's update and readout (MACs)."""
+@pytest.mark.parametrize('parameterization, parts, macs', [('modal', 1, 2), ('pmsn', 2, 6)])
+def test_dendritic_operator_counts(parameterization, parts, macs):
+    """Spikes into k dendrites (SOPs; the real and imaginary input weights of complex modes)
+    and the state's update and readout (MACs: 2 per dendrite for a real state, 6 for a complex
+    one: a complex product and the real part of another)."""
     torch.manual_seed(0)
-    model = nn.Sequential(MultiSpike(4), DendriticDynamics(3, num_dendrites=5)).eval()
+    model = nn.Sequential(MultiSpike(4), DendriticDynamics(
+        3, num_dendrites=5, parameterization=parameterization)).eval()
     x = torch.randn(2, 3, 4, 4) * 3
     report = energy.measure_energy(model, [x])
     rate = torch.round(torch.clamp(x, 0, 4)).double().mean().item()
     row = {r['name']: r for r in report['layers']}['1']
     numel = 2 * 3 * 4 * 4
-    assert row['sops'] == pytest.approx(rate * numel * 5 / 2, rel=1e-12)
+    assert row['sops'] == pytest.approx(rate * numel * 5 * parts / 2, rel=1e-12)
     assert row['sops_exact'] == pytest.approx(row['sops'], rel=1e-12)
-    assert row['macs'] == 2 * numel * 5 / 2 and row['flops'] == 3 * numel * 5 / 2
+    assert row['macs'] == macs * numel * 5 / 2
+    assert row['flops'] == (parts + macs) * numel * 5 / 2
+
+
+def test_lrf_dyn_gates_count_as_synaptic_operations():
+    """LRF-Dyn's k ⊙ v and query readout: rate(K)·numel(V) and rate(Q)·numel(V) SOPs."""
+    torch.manual_seed(1)
+    blk = SpikingAttention(8, 2, mixer=dict(type='LRFDyn', num_dendrites=3), v_ratio=2).eval()
+    x = torch.randn(1, 1, 8, 3, 4) * 2
+    report = energy.measure_energy(blk, [x])
+    with torch.no_grad():
+        u = blk.head_spike(x)
+        q, k = (getattr(blk, f'{n}_spike')(getattr(blk, f'{n}_conv')(u)).double().mean() * 4
+                for n in 'qk')
+    rows = {r['name']: r for r in report['layers']}
+    numel_v = 16 * 12
+    assert rows['mixer.key_gate']['sops'] == pytest.approx(k.item() * numel_v, rel=1e-12)
+    assert rows['mixer.query_gate']['sops'] == pytest.approx(q.item() * numel_v, rel=1e-12)
 
 
 def test_lean_inference_is_off_while_measuring(strips_on_small_maps):

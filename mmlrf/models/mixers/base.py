@@ -11,7 +11,10 @@ class TokenMixer(BaseModule):
     """Mixes tokens of the spike tensors Q, K, V (and the block input spikes X).
 
     Subclasses set :attr:`requires` (a subset of ``('q', 'k', 'v', 'x')``): the attention
-    block only builds the projections a mixer needs, and passes None for the others.
+    block only builds the projections a mixer needs, and passes None for the others. A mixer
+    that extends an attention names the submodules it adds in :attr:`pretrained_additions`:
+    loading a checkpoint of the host attention reports their tensors as new instead of
+    missing (:mod:`mmlrf.interop.pretrained`).
 
     Args:
         num_heads (int): number of heads; must divide ``qk_channels`` and ``v_channels``.
@@ -27,6 +30,7 @@ class TokenMixer(BaseModule):
     """
 
     requires: tuple[str, ...] = ('q', 'k', 'v')
+    pretrained_additions: tuple[str, ...] = ()
 
     def __init__(self, num_heads: int, qk_channels: int, v_channels: int,
                  conv_cfg: dict | None = None, norm_cfg: dict | None = None,

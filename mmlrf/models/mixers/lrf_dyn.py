@@ -12,7 +12,7 @@ from ..layers import seq_apply
 from .base import TokenMixer
 from .lrf_ssa import LRFBranch
 
-LRF_DYN_TOKENS = ('v', 'k*v', 'x')
+LRF_DYN_TOKENS = ('k*v', 'v', 'x')
 
 
 def set_dynamics_mode(model: nn.Module, mode: str) -> int:
@@ -34,61 +34,85 @@ def set_dynamics_mode(model: nn.Module, mode: str) -> int:
     return len(found)
 
 
+def per_head_product(qk: Tensor, v: Tensor) -> Tensor:
+    """``qk ⊙ v`` where V is ``r`` times wider than Q/K: channel ``e`` of V meets channel
+    ``e // r`` of ``qk``, so each head's Q/K channels meet that head's V channels (heads are
+    contiguous channel blocks), without a copy of ``qk``.
+
+    Args:
+        qk (Tensor): ``[T, B, C, H, W]``.
+        v (Tensor): ``[T, B, r·C, H, W]``.
+
+    Returns:
+        Tensor: ``[T, B, r·C, H, W]``.
+    """
+    return (v.unflatten(2, (qk.shape[2], -1)) * qk.unsqueeze(3)).flatten(2, 3)
+
+
 @MODELS.register_module()
 class LRFDyn(TokenMixer):
     """LRF-Dyn token mixer (method.md §4).
 
-    ``u`` = token input by ``token``: 'v' (V spikes), 'k*v' (``K ⊙ V``) or 'x' (the block input
-    spikes) → ``y = DendriticDynamics(u)`` per frame on the ``[T*B, C, H, W]`` view (each time
-    step of each image is one token sequence) → ``y = y + LRFBranch(y)`` → optionally
-    ``y = Q ⊙ y`` (``query_gate``) → output (real-valued, before the block's attention neuron).
+    Causal linear attention (Eq. 11) reads a running state with the query,
+    ``o_n = q_n Σ_{j≤n} k_jᵀ v_j``: the keys and values drive a ``d×d`` state per head. LRF-Dyn
+    replaces that state by the dendritic neuron of each channel (Eq. 12), driven by the same
+    presynaptic product and read out by the same query::
 
-    :attr:`requires` follows the options: 'v' for 'v', 'k' and 'v' for 'k*v', 'x' for 'x', plus
-    'q' with the query gate. 'k*v', 'x' and the query gate combine C-channel tensors with the
-    dynamics' channels, so they need ``v_channels == qk_channels`` (block ``v_ratio=1``).
+        s = DendriticDynamics(k ⊙ v)            # per channel, over the tokens in scan order
+        o = q ⊙ (s + LRFBranch(s))              # the local receptive field on the dynamics
+
+    so no ``N×N`` or ``d×d`` map exists and the host attention's Q, K and V projections (and
+    their official weights) are all used. Where V is ``r`` times wider than Q/K (SDT-V3:
+    ``r = 4``), V channel ``e`` meets Q/K channel ``e // r``: each head's Q/K channels gate that
+    head's V channels (:func:`per_head_product`), with no new parameters. The dynamics act per
+    frame on the ``[T*B, Cv, H, W]`` view (each time step of each image is one token sequence).
+
+    Options: ``token`` the dynamics' input, ``'k*v'`` (default), ``'v'`` or ``'x'`` (the block
+    input spikes); ``query_gate`` the readout through Q (default on). ``token='v',
+    query_gate=False`` is the lighter Q/K-free ablation: it builds no Q or K projection.
+    :attr:`requires` follows the options.
 
     Streaming: the dynamics' evaluation path is ``mode`` ('fft' parallel, 'recurrent' token by
     token, 'scan', 'stream', 'triton', 'auto'; see :class:`DendriticDynamics`); switch it later
-    with :meth:`set_dynamics_mode` or, for a whole model, :func:`set_dynamics_mode` (in a
-    config: ``model.backbone.attn.mode='stream'`` or the backbone's ``dynamics_mode``). The
-    default 'auto' is the fused Triton kernel on CUDA and the chunked scan elsewhere: neither
-    materialises the ``[C, k, N]`` kernel of 'fft'.
+    with :meth:`set_dynamics_mode` or, for a whole model, :func:`set_dynamics_mode`. The default
+    'auto' is the fused Triton kernel on CUDA and the chunked scan elsewhere.
 
     Args:
-        token (str): token input, one of 'v', 'k*v', 'x'.
+        token (str): dynamics input, one of :data:`LRF_DYN_TOKENS`.
+        query_gate (bool): read the dynamics out through the Q spikes.
         num_dendrites (int): compartments k per channel (default 8).
         mode (str): dynamics evaluation path (default 'auto').
         bidirectional (bool): add an anti-causal scan.
         order (str): token scan order: 'raster', 'snake' or 'column'.
         dilations (Sequence[int]): dilation set of the LRF branch, default (3, 5).
-        bn (bool): BatchNorm after each depth-wise conv of the LRF branch.
-        query_gate (bool): multiply the output by the Q spikes.
+        bn (bool): a norm layer after each depth-wise conv of the LRF branch.
         dynamics_cfg (dict | None): further :class:`DendriticDynamics` arguments
             (``parameterization``, ``dt_min``, ``dt_max``, ``chunk_size``).
         **kwargs: see :class:`TokenMixer`.
 
-    Shapes: ``q, k, x``: ``[T, B, C, H, W]``, ``v``: ``[T, B, Cv, H, W]`` →
+    Shapes: ``q, k, x``: ``[T, B, C, H, W]``, ``v``: ``[T, B, Cv, H, W]`` with ``Cv = r·C`` →
     ``[T, B, Cv, H, W]``.
     """
 
+    pretrained_additions = ('dynamics', 'lrf')
+
     def __init__(self,
-                 token: str = 'v',
+                 token: str = 'k*v',
+                 query_gate: bool = True,
                  num_dendrites: int = 8,
                  mode: str = 'auto',
                  bidirectional: bool = False,
                  order: str = 'raster',
                  dilations: Sequence[int] = (3, 5),
                  bn: bool = True,
-                 query_gate: bool = False,
                  dynamics_cfg: dict | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if token not in LRF_DYN_TOKENS:
             raise ValueError(f'token must be one of {LRF_DYN_TOKENS}, got {token!r}')
-        elementwise = [f'token={token!r}'] * (token != 'v') + ['query_gate=True'] * bool(query_gate)
-        if elementwise and self.v_channels != self.qk_channels:
-            raise ValueError(f'{" and ".join(elementwise)} needs v_channels == qk_channels, got '
-                             f'{self.v_channels} and {self.qk_channels} (use v_ratio=1)')
+        if self.v_channels % self.qk_channels:
+            raise ValueError(f'v_channels ({self.v_channels}) must be a multiple of qk_channels '
+                             f'({self.qk_channels}): each V channel meets one Q/K channel')
         self.token, self.query_gate = token, bool(query_gate)
         needed = {'v': {'v'}, 'k*v': {'k', 'v'}, 'x': {'x'}}[token]
         if query_gate:
@@ -108,16 +132,22 @@ class LRFDyn(TokenMixer):
         """Switch the dynamics' evaluation path (e.g. 'fft' ↔ 'recurrent'); weights unchanged."""
         self.dynamics.mode = mode
 
+    def _input(self, k: Tensor | None, v: Tensor | None, x: Tensor | None) -> Tensor:
+        """The dynamics' input ``[T, B, Cv, H, W]`` for :attr:`token`."""
+        if self.token == 'v':
+            return v
+        if self.token == 'k*v':
+            return per_head_product(k, v)
+        ratio = self.v_channels // self.qk_channels
+        return x if ratio == 1 else x.repeat_interleave(ratio, dim=2)
+
     def forward(self, q: Tensor | None, k: Tensor | None, v: Tensor | None,
                 x: Tensor | None) -> Tensor:
-        u = {'v': v, 'x': x}.get(self.token)
-        if self.token == 'k*v':
-            u = k * v
-        y = seq_apply(self.dynamics, u)
+        y = seq_apply(self.dynamics, self._input(k, v, x))
         local = self.lrf(y)
         local += y  # = y + lrf(y); `local` is a fresh sum nothing saved
         del y
-        return q * local if self.query_gate else local
+        return per_head_product(q, local) if self.query_gate else local
 
     def extra_repr(self) -> str:
         return f'token={self.token!r}, query_gate={self.query_gate}'

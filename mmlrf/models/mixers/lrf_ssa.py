@@ -96,6 +96,8 @@ class LRFSSA(SSA):
     Shapes: ``q, k``: ``[T, B, C, H, W]``, ``v``: ``[T, B, Cv, H, W]`` → ``[T, B, Cv, H, W]``.
     """
 
+    pretrained_additions = ('lrf',)
+
     def __init__(self, order: str = 'kv', scale: float | None = None,
                  dilations: Sequence[int] = (3, 5), bn: bool = True,
                  local_inside_scale: bool = False, **kwargs) -> None:

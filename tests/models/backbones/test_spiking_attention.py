@@ -51,7 +51,9 @@ def test_gradients_reach_every_parameter(mixer, neuron_name):
 
 @pytest.mark.parametrize('mixer, projections', [
     (dict(type='SSA'), ['q', 'k', 'v']), (dict(type='QKTokenAttention'), ['q', 'k']),
-    (dict(type='LRFDyn'), ['v']), (dict(type='LRFDyn', token='x', query_gate=True), ['q'])])
+    (dict(type='LRFDyn'), ['q', 'k', 'v']), (dict(type='LRFDyn', token='v', query_gate=False),
+                                             ['v']),
+    (dict(type='LRFDyn', token='x', query_gate=True), ['q'])])
 def test_only_the_projections_the_mixer_needs(mixer, projections):
     block = SpikingAttention(C, HEADS, mixer=mixer)
     assert [p for p in 'qkv' if hasattr(block, f'{p}_conv')] == projections

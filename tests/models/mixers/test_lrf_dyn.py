@@ -17,19 +17,44 @@ from attention_reference import (C, CV, HEADS, build_mixer, check_builds_from_co
                                  check_invalid, qkv, spikes)
 
 
+def widen(t, ratio):
+    """Each channel repeated ``ratio`` times, in place order (channel e of the wide tensor is
+    channel e // ratio of ``t``), by an explicit index."""
+    index = torch.tensor([e // ratio for e in range(t.shape[2] * ratio)])
+    return t.index_select(2, index)
+
+
+@pytest.mark.parametrize('ratio', [1, 4])
 @pytest.mark.parametrize('token, gate, requires', [
-    ('v', False, ('v',)), ('k*v', False, ('k', 'v')), ('x', True, ('q', 'x')),
+    ('k*v', True, ('q', 'k', 'v')), ('v', False, ('v',)), ('k*v', False, ('k', 'v')),
+    ('x', True, ('q', 'x')),
 ])
-def test_lrf_dyn_composition(token, gate, requires):
-    q, k, v = qkv(t=2, h=3, w=4)
+def test_lrf_dyn_composition(token, gate, requires, ratio):
+    """``o = q ⊙ (s + LRF(s))``, ``s = Dyn(k ⊙ v)`` by default; where V is ``ratio`` times wider
+    than Q/K, V channel e meets Q/K channel e // ratio (the head of both is the same)."""
+    q, k, v = qkv(t=2, h=3, w=4, cv=C * ratio)
     x = spikes(*q.shape, seed=7)
-    mixer = build_mixer(dict(type='LRFDyn', token=token, query_gate=gate,
-                             num_dendrites=3)).eval()
+    mixer = build_mixer(dict(type='LRFDyn', token=token, query_gate=gate, num_dendrites=3),
+                        v_channels=C * ratio).eval()
     assert mixer.requires == requires
-    u = {'v': v, 'k*v': k * v, 'x': x}[token]
+    u = {'v': v, 'k*v': widen(k, ratio) * v, 'x': widen(x, ratio)}[token]
     y = torch.stack([mixer.dynamics(frame) for frame in u])  # per time step
     y = y + mixer.lrf(y)
-    torch.testing.assert_close(mixer(q, k, v, x), q * y if gate else y)
+    torch.testing.assert_close(mixer(q, k, v, x), widen(q, ratio) * y if gate else y)
+
+
+def test_lrf_dyn_default_is_the_paper_model():
+    """The default reads Q, K and V, the dynamics are PMSN's complex modes, and every weight of
+    the block takes part in the output (no dead projection)."""
+    block = SpikingAttention(C, HEADS, mixer=dict(type='LRFDyn'), v_ratio=4).double()
+    assert block.mixer.requires == ('q', 'k', 'v')
+    assert block.mixer.dynamics.parameterization == 'pmsn'
+    x = spikes(2, 2, C, 3, 5, seed=3) * 4
+    block(x).square().sum().backward()
+    dead = [n for n, p in block.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not dead, dead
+    assert {'q_conv.0.weight', 'k_conv.0.weight', 'v_conv.0.weight'} <= {
+        n for n, _ in block.named_parameters()}
 
 
 @pytest.mark.parametrize('bidirectional, order', [(False, 'raster'), (True, 'snake')])
@@ -73,8 +98,7 @@ def test_builds_from_config():
     (dict(type='LRFDyn', order='spiral'), 'order'),
     (dict(type='LRFDyn', num_dendrites=0), 'num_dendrites'),
     (dict(type='LRFDyn', dilations=(0, 3)), 'dilations'),
-    (dict(type='LRFDyn', token='x', v_channels=2 * CV), 'token'),
-    (dict(type='LRFDyn', query_gate=True, v_channels=2 * CV), 'query_gate'),
+    (dict(type='LRFDyn', v_channels=12), 'v_channels'),
     (dict(type='LRFDyn', dynamics_cfg=dict(mode='fft')), 'dynamics_cfg'),
 ])
 def test_invalid_arguments(cfg, name):
@@ -134,8 +158,9 @@ def test_bf16_autocast_matches_fp32_where_spikes_cannot_flip():
         ref = dyn(u)
         assert _rel(dyn(u.bfloat16()), ref) <= 2e-2
         v = (torch.rand(1, 2, 8, 8, 12) * 4).round() / 4  # MultiSpike-like values, exact in bf16
-        ref = block.mixer(None, None, v, None)
+        q, k = v[:, :, :8], v.flip(2)[:, :, :8]
+        ref = block.mixer(q, k, v, None)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            low = block.mixer(None, None, v, None)
+            low = block.mixer(q, k, v, None)
     assert low.shape == ref.shape and torch.isfinite(low).all()
     assert _rel(low, ref) <= 2e-2
