@@ -99,9 +99,12 @@ def check_pretrained(cfg: Any, key: str = 'model') -> None:
             path = cfg.get('checkpoint')
             if isinstance(path, str) and '://' not in path and not osp.isfile(path):
                 raise FileNotFoundError(
-                    f'pretrained checkpoint {path!r} ({key}.checkpoint) not found; set it with '
-                    f'the MMLRF_PRETRAINED environment variable or --cfg-options '
-                    f'{key}.checkpoint=PATH (refusing to train from scratch silently)')
+                    f'pretrained checkpoint {path!r} ({key}.checkpoint) not found. For SDT-V3, '
+                    'convert the official ImageNet weights: python tools/convert_sdtv3.py '
+                    f'OFFICIAL.pth {path} (README, "Pretrained weights"); or point to a file '
+                    f'with the MMLRF_PRETRAINED environment variable or --cfg-options '
+                    f'{key}.checkpoint=PATH; to train from scratch on purpose: --cfg-options '
+                    f'{key}=None')
         for name, value in cfg.items():
             check_pretrained(value, f'{key}.{name}')
     elif isinstance(cfg, (list, tuple)):

@@ -1,8 +1,6 @@
-# SDT-V3-19M + LRF-Dyn + spiking FPN on Cityscapes (512x1024 crops, 19 classes, 8x2 = batch 16,
-# 80k iterations, sliding-window inference). Pretrained: an ImageNet LRF-Dyn backbone.
+# SDT-V3-19M with LRF-Dyn attention (see fpn_sdtv3-19m-lrfdyn_8xb2-160k_ade20k-512x512.py) +
+# spiking FPN on Cityscapes: the 19M SDSA Cityscapes config with the attention replaced. Starts
+# from the converted official ImageNet checkpoint of SDT-V3-19M.
 _base_ = ['./fpn_sdtv3-19m-sdsa_8xb2-80k_cityscapes-512x1024.py']
 model = dict(
-    backbone=dict(
-        attn=dict(_delete_=True, type='LRFDyn', token='v', num_dendrites=8, mode='auto',
-                  dilations=(3, 5)),
-        init_cfg=dict(checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m-lrfdyn_in1k.pth}}')))
+    backbone=dict(attn=dict(_delete_=True, type='LRFDyn', num_dendrites=8, dilations=(3, 5))))

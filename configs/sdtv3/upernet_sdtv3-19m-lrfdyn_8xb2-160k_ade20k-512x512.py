@@ -13,12 +13,12 @@ model = dict(
         _delete_=True,
         type='SDTV3',
         arch='19M',
-        attn=dict(type='LRFDyn', token='v', num_dendrites=8, mode='auto', dilations=(3, 5)),
+        attn=dict(type='LRFDyn', num_dendrites=8, dilations=(3, 5)),
         out_indices=(0, 1, 2, 3),
         conv_cfg=dict(type='RoutedConv2d'),
         norm_cfg=dict(type='SyncBN', requires_grad=True),
         init_cfg=dict(type='Pretrained',
-                      checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m-lrfdyn_in1k.pth}}')),
+                      checkpoint='{{$MMLRF_PRETRAINED:checkpoints/sdtv3-19m_in1k.pth}}')),
     # SDT-V3 outputs [C0/2, C0, C1, C3] = [32, 64, 128, 360] channels at strides 2/4/8/16.
     decode_head=dict(in_channels=[32, 64, 128, 360], channels=256, num_classes=150),
     auxiliary_head=dict(in_channels=128, in_index=2, num_classes=150))

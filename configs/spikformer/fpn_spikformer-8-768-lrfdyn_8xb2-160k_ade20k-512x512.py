@@ -3,7 +3,6 @@
 _base_ = ['./fpn_spikformer-8-768-ssa_8xb2-160k_ade20k-512x512.py']
 model = dict(
     backbone=dict(
-        attn=dict(_delete_=True, type='LRFDyn', token='v', num_dendrites=8, mode='auto',
-                  dilations=(3, 5)),
+        attn=dict(_delete_=True, type='LRFDyn', num_dendrites=8, dilations=(3, 5)),
         init_cfg=dict(
             checkpoint='{{$MMLRF_PRETRAINED:checkpoints/spikformer-8-768-lrfdyn_in1k.pth}}')))

@@ -8,6 +8,11 @@ and any missing, unexpected or shape-mismatched key raises :class:`CheckpointMis
 readable report, unless the init_cfg says ``strict=False`` (then the report is logged as a warning
 and the log never claims a complete load).
 
+Variants: a token mixer names the submodules it adds to the attention it extends
+(``pretrained_additions``: LRF-SSA's local branch, LRF-Dyn's branch and dynamics). Their tensors
+are not expected in a checkpoint of the host model: missing, they are reported as new, by name,
+and keep their initialisation; any other missing key is still an error.
+
 Prefixes: a leading ``module.`` (DDP / EMA wrappers) is always stripped. With ``prefix=None`` the
 keys are used as they are if they fit the module, else the ``backbone.`` sub-tree is used (an mmseg
 segmentor or an mmpretrain ``ImageClassifier`` checkpoint); an explicit ``prefix`` selects that
@@ -49,6 +54,8 @@ class LoadReport:
         unexpected (list[str]): checkpoint keys (within ``prefix``) the module does not have.
         mismatched (list[tuple[str, tuple, tuple]]): ``(key, checkpoint_shape, module_shape)``.
         ignored (list[str]): checkpoint keys outside ``prefix``.
+        new (list[str]): module keys of a variant's additions that the checkpoint lacks (they
+            keep their initialisation; not an error).
     """
 
     source: str
@@ -58,11 +65,23 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        """True when every module key was loaded and every checkpoint key was used."""
+        """True when every module key that is not :attr:`new` was loaded and every checkpoint
+        key was used."""
         return not (self.missing or self.unexpected or self.mismatched)
+
+    def format_new(self) -> str:
+        """The new tensors by name, one line per added submodule."""
+        groups: dict[str, list[str]] = {}
+        for key in self.new:
+            owner, _, name = key.rpartition('.')
+            groups.setdefault(owner, []).append(name)
+        lines = [f'{len(self.new)} tensors new in this model, left at their initialisation:']
+        return '\n'.join(lines + [f'  {owner}: {", ".join(names)}'
+                                   for owner, names in groups.items()])
 
     def format(self, max_keys: int = 20) -> str:
         """Human-readable multi-line summary (at most ``max_keys`` keys listed per group)."""
@@ -75,7 +94,7 @@ class LoadReport:
                 shown.append(f'    ... and {len(items) - max_keys} more')
             return [f'  {title} ({len(items)}):', *shown]
 
-        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
+        total = len(self.loaded) + len(self.missing) + len(self.mismatched) + len(self.new)
         lines = [f'checkpoint {self.source!r}, prefix {self.prefix!r}: loaded {len(self.loaded)} '
                  f'of {total} module tensors']
         lines += block('missing in checkpoint', self.missing)
@@ -85,6 +104,8 @@ class LoadReport:
         if self.ignored:
             lines.append(f'  ignored {len(self.ignored)} checkpoint keys outside prefix '
                          f'{self.prefix!r} (e.g. {self.ignored[0]!r})')
+        if self.new:
+            lines.append(self.format_new())
         return '\n'.join(lines)
 
 
@@ -116,6 +137,14 @@ def extract_state_dict(checkpoint: Any, source: str = '<checkpoint>') -> dict[st
     return OrderedDict((_WRAPPER_PREFIX.sub('', k), v) for k, v in state.items() if torch.is_tensor(v))
 
 
+def variant_additions(module: nn.Module) -> tuple[str, ...]:
+    """Key prefixes (``'block3.0.attn.mixer.lrf.'``, ...) of the submodules that the modules
+    inside ``module`` declare as their own additions (``pretrained_additions``)."""
+    return tuple(f'{name}.{added}.' if name else f'{added}.'
+                 for name, sub in module.named_modules()
+                 for added in getattr(sub, 'pretrained_additions', ()))
+
+
 def match_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
                      prefix: str | None = None, source: str = '<checkpoint>'
                      ) -> tuple[dict[str, torch.Tensor], LoadReport]:
@@ -140,9 +169,10 @@ def match_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor],
     selected = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
     report.ignored = [k for k in state_dict if not k.startswith(prefix)]
     loadable: dict[str, torch.Tensor] = OrderedDict()
+    additions = variant_additions(module)
     for key, target in expected.items():
         if key not in selected:
-            report.missing.append(key)
+            (report.new if key.startswith(additions) else report.missing).append(key)
         elif selected[key].shape != target.shape:
             report.mismatched.append((key, tuple(selected[key].shape), tuple(target.shape)))
         else:
@@ -184,8 +214,9 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: str | None = Non
         raise CheckpointMismatchError(f'{name}: no tensor of the checkpoint fits\n{report.format()}')
     module.load_state_dict(loadable, strict=False)
     if report.complete:
-        print_log(f'{name}: loaded all {len(report.loaded)} tensors from {checkpoint!r} '
-                  f'(prefix {report.prefix!r})', logger='current')
+        print_log(f'{name}: loaded all {len(report.loaded)} tensors of the checkpoint '
+                  f'{checkpoint!r} (prefix {report.prefix!r})'
+                  + (f'\n{report.format_new()}' if report.new else ''), logger='current')
     else:
         print_log(f'{name}: PARTIAL load (strict=False)\n{report.format()}', logger='current',
                   level=logging.WARNING)

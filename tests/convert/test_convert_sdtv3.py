@@ -107,3 +107,72 @@ def test_convert_refuses_partial_unless_allowed(tmp_path, capsys):
 def test_official_config_with_unknown_decode_mode_is_refused():
     with pytest.raises(ValueError, match='decode_mode'):
         mmlrf_config_from_official(dict(backbone=dict(decode_mode='x'), neck={}, decode_head={}))
+
+
+def _official_imagenet_19m(path: Path) -> dict:
+    """A random official-format SDT-V3-19M ImageNet checkpoint, from keys.json's full
+    segmentation listing mapped as the fixture README says (``'backbone.' + key``, no layer
+    scales, a 1000-class ``head``)."""
+    listing = keys_json()
+    mapping = listing['imagenet_classification_checkpoints']['19M']
+    absent = set(mapping['model_keys_absent_from_checkpoint'])
+    gen = torch.Generator().manual_seed(5)
+    model = {}
+    for key, shape in listing['official_19M'].items():
+        if key.startswith('backbone.') and key not in absent:
+            model[key[len('backbone.'):]] = (torch.zeros(shape, dtype=torch.int64) if not shape
+                                             else torch.randn(shape, generator=gen))
+    for key, shape in mapping['checkpoint_keys_without_model_key'].items():
+        model[key] = torch.randn(shape, generator=gen)
+    assert len(model) == mapping['keys_in_checkpoint']
+    torch.save(dict(model=model, args=argparse.Namespace(model='Efficient_Spiking_Transformer_l')),
+               path)
+    return model
+
+
+def test_official_19m_imagenet_weights_initialise_the_flagship(tmp_path, monkeypatch):
+    """The flagship config's model (SDT-V3-19M, LRF-Dyn) initialised from a converted official
+    ImageNet checkpoint: every official tensor lands where its name says, the layer scales take
+    the official fine-tuning value, and the load report names only the LRF branches and the
+    dynamics as new (an INFO line, not a warning); nothing is missing."""
+    import logging
+
+    import mmlrf.interop.pretrained as pretrained
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    official = _official_imagenet_19m(tmp_path / 'official.pth')
+    converted = tmp_path / 'sdtv3-19m_in1k.pth'
+    assert load_tool('convert_sdtv3').main([str(tmp_path / 'official.pth'), str(converted)]) == 0
+    monkeypatch.setenv('MMLRF_PRETRAINED', str(converted))
+    cfg = Config.fromfile('configs/lrfdyn_ade20k.py')
+    assert cfg.model.backbone.init_cfg.checkpoint == str(converted)
+    model = MODELS.build(cfg.model)
+    messages = []
+    monkeypatch.setattr(pretrained, 'print_log', lambda msg, logger=None, level=logging.INFO:
+                        messages.append((level, msg)))
+    model.backbone.init_weights()
+    state = model.backbone.state_dict()
+    for key, value in official.items():
+        if not key.startswith('head.'):
+            expect = value.unsqueeze(-1) if '.mlp.fc' in key and value.dim() == 3 else value
+            assert torch.equal(state[key], expect), key
+    assert all(torch.all(state[k] == 1e-6) for k in state if 'layer_scale' in k)
+    new = [k for k in state if k not in official and 'layer_scale' not in k]
+    assert new and all('.attn.mixer.lrf.' in k or '.attn.mixer.dynamics.' in k for k in new)
+    report = next(msg for level, msg in messages if 'new in this model' in msg)
+    assert all(level == logging.INFO for level, _ in messages), messages
+    for owner in {k.rsplit('.', 1)[0] for k in new}:
+        assert owner in report, owner
+    assert 'missing' not in report
+
+
+def test_other_missing_keys_are_still_an_error(tmp_path):
+    """Loading into LRF-Dyn is lenient only for the variant's additions: a checkpoint without
+    a Q projection of the host attention is refused, naming the key."""
+    from mmlrf.interop import CheckpointMismatchError, load_pretrained
+    backbone = SDTV3(embed_dims=TINY_DIMS, num_heads=4, attn=dict(type='LRFDyn'))
+    state = {f'backbone.{k}': v for k, v in SDTV3(
+        embed_dims=TINY_DIMS, num_heads=4).state_dict().items() if 'block3.0.attn.q_conv' not in k}
+    torch.save(dict(state_dict=state), tmp_path / 'ckpt.pth')
+    with pytest.raises(CheckpointMismatchError, match=r'block3\.0\.attn\.q_conv\.0\.weight'):
+        load_pretrained(backbone, str(tmp_path / 'ckpt.pth'))

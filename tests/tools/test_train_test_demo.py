@@ -76,7 +76,7 @@ def test_train_test_demo(tmp_path):
                    'work_fused', '--fuse-conv-bn', '--channels-last', '--compile', *opts[:3],
                    cwd=tmp_path),
             _start(osp.join(ROOT, 'tools', 'demo.py'), image, str(dumped), str(ckpt), '--out',
-                   str(out), '--opacity', '0.6', '--channels-last', '--compile', cwd=tmp_path)]
+                   str(out), '--opacity', '0.6', '--channels-last', cwd=tmp_path)]
     test_log, fused_log, _ = _finish_all(runs)
     assert _miou(test_log) == pytest.approx(_miou(train_log))  # test reproduces validation
     shown = os.listdir(tmp_path / 'shown' / 'vis_data' / 'vis_image')

@@ -370,3 +370,16 @@ def test_with_mmseg_uperhead_and_fcnhead():
                             num_classes=3, norm_cfg=dict(type='BN'),
                             loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4))))
     train_two_iterations(model)
+
+
+@pytest.mark.parametrize('arch', ['5M', '10M', '19M'])
+@pytest.mark.parametrize('attn', [dict(type='LRFDyn'), dict(type='LRFSSA', order='qk')])
+def test_official_attention_keys_exist_in_every_variant(arch, attn):
+    """Every key of the SDSA backbone (the official model's) exists with the same shape in the
+    LRF-SSA and LRF-Dyn backbones of the same size: official weights load into each."""
+    with torch.device('meta'):
+        official = SDTV3(arch=arch).state_dict()
+        variant = SDTV3(arch=arch, attn=attn).state_dict()
+    assert {k: v.shape for k, v in official.items()} == {
+        k: variant[k].shape for k in official if k in variant}
+    assert set(official) <= set(variant)
