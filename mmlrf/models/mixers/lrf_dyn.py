@@ -84,6 +84,8 @@ class LRFDyn(TokenMixer):
         mode (str): dynamics evaluation path (default 'auto').
         bidirectional (bool): add an anti-causal scan.
         order (str): token scan order: 'raster', 'snake' or 'column'.
+        lrf (bool): build the LRF branch; False keeps ``q ⊙ s`` alone (the ablation of the
+            local receptive field; ``dilations`` and ``bn`` are then unused).
         dilations (Sequence[int]): dilation set of the LRF branch, default (3, 5).
         bn (bool): a norm layer after each depth-wise conv of the LRF branch.
         dynamics_cfg (dict | None): further :class:`DendriticDynamics` arguments
@@ -103,6 +105,7 @@ class LRFDyn(TokenMixer):
                  mode: str = 'auto',
                  bidirectional: bool = False,
                  order: str = 'raster',
+                 lrf: bool = True,
                  dilations: Sequence[int] = (3, 5),
                  bn: bool = True,
                  dynamics_cfg: dict | None = None,
@@ -126,7 +129,8 @@ class LRFDyn(TokenMixer):
         self.dynamics = DendriticDynamics(
             self.v_channels, num_dendrites=num_dendrites, mode=mode,
             bidirectional=bidirectional, order=order, **(dynamics_cfg or {}))
-        self.lrf = LRFBranch(self.v_channels, dilations, bn, self.conv_cfg, self.norm_cfg)
+        self.lrf = (LRFBranch(self.v_channels, dilations, bn, self.conv_cfg, self.norm_cfg)
+                    if lrf else None)
 
     def set_dynamics_mode(self, mode: str) -> None:
         """Switch the dynamics' evaluation path (e.g. 'fft' ↔ 'recurrent'); weights unchanged."""
@@ -144,10 +148,12 @@ class LRFDyn(TokenMixer):
     def forward(self, q: Tensor | None, k: Tensor | None, v: Tensor | None,
                 x: Tensor | None) -> Tensor:
         y = seq_apply(self.dynamics, self._input(k, v, x))
+        if self.lrf is None:
+            return per_head_product(q, y) if self.query_gate else y
         local = self.lrf(y)
         local += y  # = y + lrf(y); `local` is a fresh sum nothing saved
         del y
         return per_head_product(q, local) if self.query_gate else local
 
     def extra_repr(self) -> str:
-        return f'token={self.token!r}, query_gate={self.query_gate}'
+        return f'token={self.token!r}, query_gate={self.query_gate}, lrf={self.lrf is not None}'

@@ -43,6 +43,25 @@ def test_lrf_dyn_composition(token, gate, requires, ratio):
     torch.testing.assert_close(mixer(q, k, v, x), widen(q, ratio) * y if gate else y)
 
 
+def test_lrf_dyn_without_lrf_branch():
+    """``lrf=False``: no local branch and no parameter of it, ``o = q ⊙ Dyn(k ⊙ v)``; every
+    parameter of the dynamics and of the Q, K, V projections receives a gradient (through the
+    STE: without the branch's norm layers the output is small at initialisation, so the spikes
+    into ``proj_conv`` are silent and the loss is random-weighted)."""
+    q, k, v = qkv(t=2, h=3, w=4, cv=C * 4)
+    mixer = build_mixer(dict(type='LRFDyn', lrf=False, num_dendrites=3), v_channels=C * 4).eval()
+    assert mixer.lrf is None and not any('lrf' in n for n, _ in mixer.named_parameters())
+    y = torch.stack([mixer.dynamics(frame) for frame in widen(k, 4) * v])
+    torch.testing.assert_close(mixer(q, k, v, None), widen(q, 4) * y)
+    block = SpikingAttention(C, HEADS, mixer=dict(type='LRFDyn', lrf=False), v_ratio=4).double()
+    out = block(spikes(2, 2, C, 3, 5, seed=3) * 4)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    (out * weight).sum().backward()
+    dead = [n for n, p in block.named_parameters() if not n.startswith('proj_conv')
+            and (p.grad is None or not p.grad.abs().sum())]
+    assert not dead, dead
+
+
 def test_lrf_dyn_default_is_the_paper_model():
     """The default reads Q, K and V, the dynamics are PMSN's complex modes, and every weight of
     the block takes part in the output (no dead projection)."""
