@@ -7,8 +7,10 @@ its depth-wise kernel taps, the dendritic operator's its impulse response on the
 :func:`token_influence` measures this *token-to-token weight* as ``W[n, m] = mean_c |f(e_m) -
 f(0)|[c, n]``, ``e_m`` the one-hot of token m in every channel; each query's row is normalised
 to sum to 1. ``histogram[d]``: the mean weight at distance d over queries (sums to 1);
-``mass_within_5``: the weight at d ≤ 5; ``entropy``: the mean Shannon entropy of the rows over
-log N (0: one key, 1: uniform); ``mean_distance``: the mean over queries.
+``local_mass``: the weight at d ≤ ``radius``, half the grid's shorter side (a fixed distance
+would measure the grid, not the mixer: on a 4×4 grid every token is within distance 6);
+``entropy``: the mean Shannon entropy of the rows over log N (0: one key, 1: uniform);
+``mean_distance``: the mean over queries.
 """
 from __future__ import annotations
 
@@ -21,7 +23,12 @@ from torch import Tensor, nn
 from ..models.mixers import TokenMixer
 from .report import new_figure, save_figure
 
-STATS = ('mass_within_5', 'entropy', 'mean_distance')
+STATS = ('local_mass', 'entropy', 'mean_distance')
+
+
+def local_radius(h: int, w: int) -> int:
+    """The radius of ``local_mass`` on an h×w grid: half the shorter side, at least 1."""
+    return max(1, min(h, w) // 2)
 
 
 def manhattan_distances(h: int, w: int) -> Tensor:
@@ -32,9 +39,9 @@ def manhattan_distances(h: int, w: int) -> Tensor:
 
 
 def locality_stats(weights: Tensor, h: int, w: int) -> dict:
-    """The :data:`STATS` and the distance ``histogram`` (a list, index = distance) of a
-    non-negative ``[N, N]`` (query × key) map on an h×w grid, over the queries with any weight
-    (rows are normalised here)."""
+    """The :data:`STATS`, their ``radius`` (:func:`local_radius`) and the distance
+    ``histogram`` (a list, index = distance) of a non-negative ``[N, N]`` (query × key) map on an
+    h×w grid, over the queries with any weight (rows are normalised here)."""
     p = weights.double()
     rows = p.sum(-1) > 0
     p = p[rows] / p[rows].sum(-1, keepdim=True)
@@ -43,8 +50,9 @@ def locality_stats(weights: Tensor, h: int, w: int) -> dict:
     hist /= max(int(rows.sum()), 1)
     plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros_like(p))
     entropy = float(-plogp.sum(-1).mean() / math.log(h * w)) if h * w > 1 else 0.0
-    return dict(histogram=hist.tolist(), mass_within_5=float(hist[:6].sum()), entropy=entropy,
-                mean_distance=float((p * dist).sum(-1).mean()))
+    radius = local_radius(h, w)
+    return dict(histogram=hist.tolist(), radius=radius, local_mass=float(hist[:radius + 1].sum()),
+                entropy=entropy, mean_distance=float((p * dist).sum(-1).mean()))
 
 
 def token_influence(fn: Callable[[Tensor], Tensor], v_shape: tuple[int, int, int],

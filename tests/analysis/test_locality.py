@@ -20,12 +20,25 @@ def test_stats_of_a_hand_made_map():
     """1×3 grid, every query's weight on token 0: distances 0, 1, 2 once each."""
     stats = locality.locality_stats(torch.tensor([[1.0, 0, 0], [2.0, 0, 0], [5.0, 0, 0]]), 1, 3)
     assert stats['histogram'] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
-    assert stats['mass_within_5'] == pytest.approx(1.0)
+    assert stats['radius'] == 1 and stats['local_mass'] == pytest.approx(2 / 3)
     assert stats['entropy'] == 0.0 and stats['mean_distance'] == pytest.approx(1.0)
     # uniform weights on a 2×2 grid: distances 0, 1, 1, 2 from every query; entropy 1
     stats = locality.locality_stats(torch.ones(4, 4), 2, 2)
     assert stats['histogram'] == pytest.approx([0.25, 0.5, 0.25])
     assert stats['entropy'] == pytest.approx(1.0) and stats['mean_distance'] == 1.0
+
+
+def test_local_radius_follows_the_grid():
+    """Uniform weights on a 4×4 grid: radius 2, and by hand 132 of the 256 ordered token pairs
+    lie within Manhattan distance 2 (per axis 4, 6, 4, 2 pairs at offsets 0..3). A weight at
+    distance 3 of every query counts as local on an 8×8 grid (radius 4), not on a 4×4 one."""
+    stats = locality.locality_stats(torch.ones(16, 16), 4, 4)
+    assert stats['radius'] == 2 and stats['local_mass'] == pytest.approx(132 / 256)
+    for side, local in ((4, 0.0), (8, 1.0)):
+        dist = locality.manhattan_distances(side, side)
+        stats = locality.locality_stats((dist == 3).float(), side, side)
+        assert stats['radius'] == side // 2 and stats['local_mass'] == pytest.approx(local)
+    assert locality.locality_stats(torch.ones(6, 6), 2, 3)['radius'] == 1
 
 
 def test_a_dilated_kernel_weighs_its_taps():

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     mean = [dict(report['mean'], name='MEAN', mixer='', grid='')] if report['mean'] else []
     for r in report['layers'] + mean:
         print(f"{r['name']:<40} {r['mixer']:<10} {r['grid']}: " + (
-            r['skipped'] if 'skipped' in r else f"mass<=5 {r['mass_within_5']:.3f}  entropy "
+            r['skipped'] if 'skipped' in r else f"local mass {r['local_mass']:.3f}  entropy "
             f"{r['entropy']:.3f}  mean distance {r['mean_distance']:.2f}"))
     write_json(report, args.out + '.json')
     locality.plot_locality(report, args.out + '.png',
