@@ -28,6 +28,8 @@ import numpy as np
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
+from ..interop.checkpoint_io import umask
+
 TOY_CLASSES = ('horizontal stripes', 'vertical stripes', 'diagonal stripes', 'checkerboard',
                'dots')
 TOY_PALETTE = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]]
@@ -119,6 +121,7 @@ def make_toy_dataset(out_dir: str,
     parent = osp.dirname(osp.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.toy-', dir=parent)
+    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 -> what os.makedirs would give
     try:
         for split, count in (('training', num_train), ('validation', num_val)):
             img_dir = osp.join(tmp, 'images', split)
