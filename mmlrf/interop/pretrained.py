@@ -42,6 +42,31 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit a module exactly (see :class:`LoadReport` for the details)."""
 
 
+class NonFiniteWeightsError(ValueError):
+    """A checkpoint holds NaN or infinite weights."""
+
+
+def non_finite_tensors(tensors: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``tensors`` holding a NaN or an infinity."""
+    return [name for name, value in tensors.items()
+            if torch.is_tensor(value) and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())]
+
+
+def check_finite_weights(state_dict: Mapping[str, Any], source: str) -> None:
+    """Refuse a state dict with NaN or infinite tensors.
+
+    Raises:
+        NonFiniteWeightsError: naming ``source`` and the tensors.
+    """
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        shown = ', '.join(bad[:5]) + (f' and {len(bad) - 5} more' if len(bad) > 5 else '')
+        raise NonFiniteWeightsError(
+            f'checkpoint {source!r}: {len(bad)} tensors hold NaN or infinite values ({shown}); '
+            'it was not loaded. Use an earlier checkpoint of the run.')
+
+
 @dataclass
 class LoadReport:
     """What loading a checkpoint into a module matched and what it did not.
@@ -201,10 +226,12 @@ def load_pretrained(module: nn.Module, checkpoint: str, prefix: str | None = Non
 
     Raises:
         CheckpointMismatchError: ``strict`` and the checkpoint does not fit exactly.
+        NonFiniteWeightsError: a tensor the module would take is NaN or infinite.
     """
     state_dict = extract_state_dict(_load_checkpoint(checkpoint, map_location=map_location),
                                     source=checkpoint)
     loadable, report = match_state_dict(module, state_dict, prefix=prefix, source=checkpoint)
+    check_finite_weights(loadable, checkpoint)
     name = type(module).__name__
     if not report.complete and strict:
         raise CheckpointMismatchError(
