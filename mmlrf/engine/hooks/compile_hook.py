@@ -34,6 +34,6 @@ class CompileHook(Hook):
     def _compile(runner: Any, train: bool) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         compile_segmentor(model, train=train)
-        what = 'loss and encode_decode' if train else 'encode_decode'
+        what = 'training forward and inference' if train else 'inference'
         print_log(f'CompileHook: {what} compiled (torch.compile, compiles at the first batch '
                   'of each input shape)', logger='current')
