@@ -21,7 +21,9 @@ model = dict(
                      norm_cfg=norm_cfg))
 env_cfg = dict(cudnn_benchmark=False)
 # One intra-op thread: faster for this tiny model, and robust on a shared CPU.
-custom_hooks = [dict(type='NeuronResetHook'), dict(type='TorchThreadsHook', num_threads=1)]
+custom_hooks = [dict(type='NeuronResetHook'), dict(type='TorchThreadsHook', num_threads=1),
+                dict(type='ModelDataCheckHook'), dict(type='StrictLoadHook'),
+                dict(type='FiniteCheckHook')]
 optim_wrapper = dict(optimizer=dict(lr=8e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),

@@ -7,8 +7,9 @@ toy_generate = dict(num_train=240, num_val=40, size=64, seed=0)
 crop_size = (64, 64)
 # No flips/rotations: they would turn one texture class into patterns not in the data.
 train_pipeline = [
-    dict(type='LoadImageFromFileChecked'),
+    dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckSegSample', num_classes=5),
     dict(type='PackSegInputs')
 ]
 test_pipeline = train_pipeline

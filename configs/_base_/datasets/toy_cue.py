@@ -8,8 +8,9 @@ cue_generate = dict(num_train=240, num_val=40, size=64, seed=0)
 crop_size = (64, 64)
 # No augmentation, as the toy texture set.
 train_pipeline = [
-    dict(type='LoadImageFromFileChecked'),
+    dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='CheckSegSample', num_classes=5),
     dict(type='PackSegInputs')
 ]
 test_pipeline = train_pipeline
