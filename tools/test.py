@@ -3,8 +3,12 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out DIR] [--show-dir DIR]
-        [--fuse-conv-bn] [--channels-last] [--compile] [--cfg-options KEY=VALUE ...]
-        [--launcher {none,pytorch,slurm,mpi}]
+        [--fuse-conv-bn] [--channels-last] [--compile] [--allow-partial]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+The checkpoint is loaded strictly (``StrictLoadHook``): missing, unexpected or mis-shaped keys
+and NaN weights stop the run with the key report; ``--allow-partial`` loads the matching
+tensors on purpose. A label outside the data set's classes stops it too, naming the file.
 """
 from __future__ import annotations
 
@@ -16,7 +20,10 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 import mmlrf  # noqa: E402,F401  (must precede mmseg)
 from mmengine.config import Config  # noqa: E402
-from train import add_custom_hook, build_runner, load_config, parse_common_args  # noqa: E402
+from train import (FAILURES, add_check_hooks, add_custom_hook, build_runner,  # noqa: E402
+                   load_config, parse_common_args)
+
+from mmlrf.engine.preflight import check_data_roots  # noqa: E402
 
 from mmlrf.inference.options import add_inference_options, chosen_inference_options  # noqa: E402
 
@@ -48,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise FileNotFoundError(f'checkpoint file not found: {args.checkpoint!r}')
     cfg = load_config(args.config, args.work_dir, args.cfg_options, args.launcher)
     cfg.load_from = args.checkpoint
+    add_check_hooks(cfg, args.allow_partial)
+    check_data_roots(cfg, loaders=('test_dataloader',), config_file=args.config)
     if args.show_dir:
         enable_show_dir(cfg, args.show_dir)
     for option in chosen_inference_options(args):
@@ -61,5 +70,5 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == '__main__':
     try:
         main()
-    except FileNotFoundError as err:
+    except FAILURES as err:
         sys.exit(f'error: {err}')
