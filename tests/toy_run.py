@@ -28,17 +28,21 @@ def toy_options(data_root: str, iters: int = 2, *extra: str) -> list[str]:
             'model.data_preprocessor.size=(32,32)', 'train_dataloader.batch_size=2', *extra]
 
 
-def toy_model() -> torch.nn.Module:
-    """The shallow toy segmentor (its own initialisation)."""
+def toy_model(shallow: bool = True) -> torch.nn.Module:
+    """The toy segmentor (its own initialisation), ``shallow`` as :data:`SHALLOW`."""
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
     cfg = Config.fromfile(TOY_CONFIG)
-    cfg.model.backbone.depths = (1, 1)
-    return MODELS.build(cfg.model)
+    if shallow:
+        cfg.model.backbone.depths = (1, 1)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return MODELS.build(cfg.model)
 
 
 def save_toy_checkpoint(path: str, state_dict: dict | None = None) -> str:
-    """Write an mmengine-style checkpoint of the shallow toy model (or of ``state_dict``)."""
+    """Write an mmengine-style checkpoint of the shallow toy model (or of ``state_dict``) with
+    the toy data set's classes."""
     from mmlrf.datasets import TOY_CLASSES
     state = toy_model().state_dict() if state_dict is None else state_dict
     torch.save(dict(state_dict=state, meta=dict(dataset_meta=dict(

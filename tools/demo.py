@@ -16,6 +16,7 @@ import sys
 
 import mmlrf  # noqa: F401  (must precede mmseg)
 import mmcv
+from mmengine.structures import PixelData
 from mmseg.apis import inference_model, init_model
 from mmseg.registry import DATASETS
 from mmseg.visualization import SegLocalVisualizer
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> str:
     if min(image.shape[:2]) < MIN_DRAW_SIDE:
         scale = -(-MIN_DRAW_SIDE // min(image.shape[:2]))
         image = mmcv.imrescale(image, scale, interpolation='nearest')
-        labels = result.pred_sem_seg.data[None].float()
-        result.pred_sem_seg.data = labels.repeat_interleave(scale, -2).repeat_interleave(
-            scale, -1)[0].to(result.pred_sem_seg.data.dtype)
+        labels = result.pred_sem_seg.data
+        result.pred_sem_seg = PixelData(
+            data=labels.repeat_interleave(scale, -2).repeat_interleave(scale, -1))
     visualizer = SegLocalVisualizer(alpha=args.opacity)
     visualizer.dataset_meta = model.dataset_meta
     visualizer.add_datasample('demo', image, result, draw_gt=False, show=False,

@@ -88,7 +88,8 @@ def _drop_pretrained(node: Any) -> list[str]:
     dropped = []
     if isinstance(node, Mapping):
         for key, value in list(node.items()):
-            if key == 'init_cfg' and isinstance(value, Mapping) and value.get('type') == 'Pretrained':
+            pretrained = isinstance(value, Mapping) and value.get('type') == 'Pretrained'
+            if key == 'init_cfg' and pretrained:
                 node[key] = None
                 dropped.append(str(value.get('checkpoint')))
             else:
