@@ -77,12 +77,13 @@ def recompute_for_backward(compiled: Callable) -> Callable:
 
 
 def compile_segmentor(model: nn.Module, train: bool = False) -> nn.Module:
-    """Replace ``model.encode_decode`` (and with ``train``, ``model.loss``) by its
-    ``torch.compile`` d version (default mode), in place.
+    """Replace ``model.encode_decode``, ``model._forward`` where the model has it (and with
+    ``train``, ``model.loss``) by its ``torch.compile`` d version (default mode), in place.
 
-    mmseg's ``EncoderDecoder`` runs every inference (``predict``, whole or sliding window)
+    mmseg's ``EncoderDecoder`` runs every plain inference (``predict``, whole or sliding window)
     through ``encode_decode``: backbone, neck, decode head and the resize of the logits to the
-    input size. Compiled, the eval BatchNorms, neurons and residual adds run as fused
+    input size. ``_forward`` is the same without the resize (mmseg's ``mode='tensor'``), the
+    network that lean prediction (:mod:`~mmlrf.inference.predict`) runs. Compiled, the eval BatchNorms, neurons and residual adds run as fused
     elementwise kernels (time and memory: docs/benchmarks.md). The first call of each new input
     shape compiles (minutes for a large model on a few CPU cores); results can differ from
     eager by float rounding.
@@ -108,6 +109,7 @@ def compile_segmentor(model: nn.Module, train: bool = False) -> nn.Module:
         if not callable(getattr(model, name, None)):
             raise TypeError(f'{type(model).__name__} has no {name} method: compile_segmentor '
                             'needs an mmseg EncoderDecoder')
+    names += ('_forward',) * callable(getattr(model, '_forward', None))
     param = next(model.parameters(), None)
     on_cpu = param is None or param.device.type == 'cpu'
     for name in names:

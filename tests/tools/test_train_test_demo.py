@@ -86,7 +86,7 @@ def test_train_test_demo(tmp_path):
     # the layout change runs after the fold (its hook priority is lower)
     converted = re.search(r'ChannelsLastHook: (\d+) 4-D weights', fused_log)
     assert converted and int(converted.group(1)) > 0 and converted.start() > folded.start()
-    assert 'CompileHook: encode_decode compiled' in fused_log
+    assert 'CompileHook: inference compiled' in fused_log
     assert _miou(fused_log) == pytest.approx(_miou(train_log), abs=1.0)  # float rounding only
     overlay = cv2.imread(str(out))
     assert overlay is not None and overlay.shape == (32, 32, 3)

@@ -63,10 +63,10 @@ def test_hook_priorities_fold_before_the_layout_and_the_compilation():
 
 
 def test_compile_hook_compiles_the_inference(eager_compile):
-    """``CompileHook`` routes mmseg's ``predict`` through the compiled ``encode_decode`` (a graph
-    is captured at the first batch; Dynamo's eager backend keeps this short, the generated
-    code runs in the command-line tests) and keeps the logits; the training forward stays
-    as it was."""
+    """``CompileHook`` routes mmseg's ``predict`` through the compiled network: ``encode_decode``
+    (plain) and ``_forward`` (lean prediction). A graph is captured at the first batch of each
+    (Dynamo's eager backend keeps this short; the generated code runs in the command-line
+    tests), the outputs are kept, and the training forward stays as it was."""
     import torch._dynamo
     from mmseg.structures import SegDataSample
     from torch._dynamo.utils import counters
@@ -78,16 +78,22 @@ def test_compile_hook_compiles_the_inference(eager_compile):
     randomise_batchnorms(model)
     images = torch.rand(1, 3, 32, 32)
     meta = dict(img_shape=(32, 32), ori_shape=(32, 32), pad_shape=(32, 32))
-    with torch.no_grad():
-        expect = model.predict(images, [SegDataSample(metainfo=meta)])[0].seg_logits.data
+
+    def predict(lean: bool) -> SegDataSample:
+        model.lean_inference = lean
+        with torch.no_grad():
+            return model.predict(images, [SegDataSample(metainfo=meta)])[0]
+    expect = {lean: predict(lean) for lean in (False, True)}
     CompileHook().before_test(_runner(model))
-    assert len(eager_compile) == 1
-    assert 'encode_decode' in vars(model) and 'loss' not in vars(model)
-    graphs = counters['stats']['unique_graphs']
-    with torch.no_grad():
-        got = model.predict(images, [SegDataSample(metainfo=meta)])[0].seg_logits.data
-    assert counters['stats']['unique_graphs'] > graphs
-    torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+    assert len(eager_compile) == 2
+    assert {'encode_decode', '_forward'} <= set(vars(model)) and 'loss' not in vars(model)
+    for lean in (False, True):
+        graphs = counters['stats']['unique_graphs']
+        got = predict(lean)
+        assert counters['stats']['unique_graphs'] > graphs, lean
+        assert torch.equal(got.pred_sem_seg.data, expect[lean].pred_sem_seg.data)
+    torch.testing.assert_close(predict(False).seg_logits.data, expect[False].seg_logits.data,
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_compile_hook_before_training_compiles_loss_and_inference(eager_compile):

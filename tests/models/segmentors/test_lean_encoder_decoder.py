@@ -38,13 +38,13 @@ def _tiny_cfg(type_, **kwargs):
 
 @pytest.mark.parametrize('lean', [True, False, None])
 def test_lean_inference_switched_at_build(lean):
-    """On by default, in the backbone's conv blocks, the neck and the head; off when asked;
-    plain ``EncoderDecoder`` leaves every module off."""
+    """On by default, in the backbone's conv blocks, the neck, the head and the segmentor's
+    ``predict``; off when asked; plain ``EncoderDecoder`` leaves every module off."""
     kwargs = {} if lean is None else dict(lean_inference=lean)
     model = build_segmentor(_tiny_cfg('LeanEncoderDecoder', **kwargs))
     assert isinstance(model, LeanEncoderDecoder) and isinstance(model, EncoderDecoder)
     flags = [m.lean_inference for m in model.modules() if hasattr(m, 'lean_inference')]
-    assert len(flags) == 6 and set(flags) == {lean is not False}
+    assert len(flags) == 7 and set(flags) == {lean is not False}
     plain = build_segmentor(_tiny_cfg('EncoderDecoder'))
     assert not any(m.lean_inference for m in plain.modules() if hasattr(m, 'lean_inference'))
 
@@ -64,7 +64,9 @@ def test_segmentor_loss_backward_and_predict_in_mmseg(type_):
     model.eval()
     with torch.no_grad():
         pred = model.predict(x, samples)
-    assert pred[0].seg_logits.data.shape == (3, 30, 30)
+    assert pred[0].pred_sem_seg.data.shape == (1, 30, 30)
+    # lean prediction keeps the labels only (mmlrf.inference.predict)
+    assert ('seg_logits' in pred[0]) == (type_ == 'EncoderDecoder')
 
 
 DEVICES = ['cpu', pytest.param('cuda', marks=needs_cuda)]
@@ -138,12 +140,17 @@ def segmentors() -> dict:
     return {name: _build_from_config(*spec) for name, spec in SEGMENTORS.items()}
 
 
-def _predict(model, images: list) -> list:
+def _predict(model, images: list, lean: bool = False) -> list:
+    """mmseg's ``predict`` of the lean modules; ``lean``: over class chunks, labels only."""
     samples = [SegDataSample(metainfo=dict(img_shape=i.shape[1:], ori_shape=i.shape[1:]))
                for i in images]
     data = model.data_preprocessor(dict(inputs=images, data_samples=samples), False)
-    with torch.no_grad():
-        return model.predict(data['inputs'], data['data_samples'])
+    model.lean_inference = lean
+    try:
+        with torch.no_grad():
+            return model.predict(data['inputs'], data['data_samples'])
+    finally:
+        model.lean_inference = True
 
 
 def _images(n: int, size: tuple, seed: int = 0) -> list:
@@ -176,6 +183,9 @@ def test_eval_prediction_same_alone_repeated_and_in_any_batch(segmentors, name):
         assert torch.equal(other.pred_sem_seg.data, alone.pred_sem_seg.data)
     # and a different image gives a different prediction (the model does look at its input)
     assert not torch.equal(_predict(model, [b])[0].seg_logits.data, logits)
+    lean = _predict(model, [b, a], lean=True)[1]
+    assert 'seg_logits' not in lean
+    assert torch.equal(lean.pred_sem_seg.data, alone.pred_sem_seg.data)
 
 
 @pytest.mark.parametrize('size', [(37, 53), (8, 8), (3, 5), (1, 1)], ids=str)
@@ -186,6 +196,8 @@ def test_any_image_size_gives_a_prediction_of_that_size(segmentors, name, size):
     pred = _predict(segmentors[name], _images(1, size))[0]
     assert pred.pred_sem_seg.shape == size and pred.seg_logits.shape == size
     assert torch.isfinite(pred.seg_logits.data).all()
+    lean = _predict(segmentors[name], _images(1, size), lean=True)[0]
+    assert torch.equal(lean.pred_sem_seg.data, pred.pred_sem_seg.data)
 
 
 def test_registered():
