@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 from mmengine.config import Config
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 from torch import Tensor, nn
 
 from ..inference import set_lean_inference
@@ -48,9 +49,20 @@ KINDS = ('operator', 'floor', 'model')
 MODES = ('infer', 'train')
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 REFERENCE = 'official'
-#: What a model-level inference case measures, ``fn(model, images)``: ``'tensor'``, the decode
-#: head's logits at its own stride.
+
+
+def _predict(model: nn.Module, images: Tensor) -> Any:
+    """mmseg's ``predict`` of preprocessed ``[B, 3, H, W]`` images of that original size."""
+    meta = dict(img_shape=images.shape[2:], ori_shape=images.shape[2:],
+                pad_shape=images.shape[2:])
+    return model.predict(images, [SegDataSample(metainfo=meta) for _ in images])
+
+
+#: What a model-level inference case measures, ``fn(model, images)``: ``'predict'``, what a
+#: user's inference runs (``inference_model``, ``tools/test.py``: the logits resized to the image
+#: and the argmax); ``'tensor'``, the decode head's logits at its own stride.
 MODEL_CALLS: dict[str, Callable[[nn.Module, Tensor], Any]] = {
+    'predict': _predict,
     'tensor': lambda model, images: model(images, mode='tensor'),
 }
 
@@ -129,8 +141,7 @@ def build_case_model(case: dict, device: str | torch.device) -> tuple[nn.Module,
 def model_step(model: nn.Module, cfg: Config, case: dict,
                device: torch.device) -> Callable[[], Any]:
     """One iteration of a model case on seeded random images ``[batch, 3, H, W]`` (autocast
-    to ``dtype`` below float32). ``compile`` compiles the tensor call whole here:
-    ``compile_segmentor`` compiles ``encode_decode``, which that call does not run."""
+    to ``dtype`` below float32)."""
     dtype, (h, w) = DTYPES[case['dtype']], case['resolution']
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(case['batch'], 3, h, w, generator=gen).to(device)
@@ -144,16 +155,11 @@ def model_step(model: nn.Module, cfg: Config, case: dict,
                 out = loss()
             out.backward()
         return step
-    call = case.get('call', 'tensor')
-
-    def forward() -> Any:
-        return MODEL_CALLS[call](model, images)
-    if 'compile' in case.get('options', ()) and call == 'tensor':
-        forward = torch.compile(forward)
+    call = MODEL_CALLS[case.get('call', 'predict')]
 
     def infer() -> Any:
         with torch.no_grad(), autocast:
-            return forward()
+            return call(model, images)
     return infer
 
 
@@ -300,14 +306,15 @@ def model_cases(config: str, variants: Sequence[str | None],
                 modes: Sequence[str] = ('infer',), dtypes: Sequence[str] = ('float32',),
                 cfg_options: dict | None = None, attn_key: str = ATTN_KEY,
                 options: Sequence[str] = (), plain: bool = False,
-                call: str = 'tensor') -> list[dict]:
+                calls: Sequence[str] = ('predict',)) -> list[dict]:
     """Every combination of the model sweep, as the config builds it and, if ``options``
     (:data:`~mmlrf.inference.options.INFERENCE_OPTIONS` dests) are given, again with all of
-    them; with ``plain`` each of those again with lean inference off. ValueError for an
-    unknown option or call, or for options or ``plain`` with 'train'."""
+    them; with ``plain`` each of those again with lean inference off; inference through each of
+    ``calls`` (:data:`MODEL_CALLS`). ValueError for an unknown option or call, or for options
+    or ``plain`` with 'train'."""
     known = [o.dest for o in INFERENCE_OPTIONS]
-    if set(options) - set(known) or call not in MODEL_CALLS:
-        raise ValueError(f'unknown option in {list(options)} or call {call!r}')
+    if set(options) - set(known) or not calls or set(calls) - set(MODEL_CALLS):
+        raise ValueError(f'unknown option in {list(options)} or call in {list(calls)}')
     if (options or plain) and 'train' in modes:
         raise ValueError('inference options and plain inference apply to the infer mode only, '
                          f'got modes={list(modes)}')
@@ -315,9 +322,10 @@ def model_cases(config: str, variants: Sequence[str | None],
     return [dict(kind='model', variant=v, mode=mode, dtype=dtype, config=config,
                  resolution=list(res), batch=b, cfg_options=cfg_options or {},
                  attn_key=attn_key, call=call, options=opts, lean=lean)
-            for opts, lean, mode, dtype, res, b, v in itertools.product(
-                chosen, (True, False)[:1 + plain], modes, dtypes, resolutions, batches,
-                variants)]
+            for opts, lean, mode, call, dtype, res, b, v in itertools.product(
+                chosen, (True, False)[:1 + plain], modes, calls, dtypes, resolutions, batches,
+                variants)
+            if mode == 'infer' or call == calls[0]]
 
 
 ROW_HEADER = '| kind | variant | group | peak MiB | time ms | img/s |\n|---|---|---|--:|--:|--:|'
@@ -344,7 +352,7 @@ def format_ratio(r: dict) -> str:
             f"{_num(r['time_ratio'], '.3f')} |")
 
 
-def plot_results(results: list[dict], path: str) -> None:
+def plot_results(results: list[dict], path: str, reference: str = REFERENCE) -> None:
     """One PNG: peak memory and time per result as bars (log scale), the reference marked."""
     rows = [r for r in results if 'error' not in r]
     labels = [f"{r['variant']} | {group_key(r)}" for r in rows]
@@ -352,7 +360,7 @@ def plot_results(results: list[dict], path: str) -> None:
     for ax, field, label in ((axes[0], 'peak_mib', 'peak memory above the baseline (MiB)'),
                              (axes[1], 'time_ms', 'time per iteration (ms, median)')):
         ax.barh(range(len(rows)), [max(r.get(field) or 0.0, 1e-6) for r in rows],
-                color=['C1' if r['variant'] == REFERENCE else 'C0' for r in rows])
+                color=['C1' if r['variant'] == reference else 'C0' for r in rows])
         ax.set(xscale='log', xlabel=label)
         ax.set_yticks(range(len(rows)), labels if ax is axes[0] else [''] * len(rows),
                       fontsize=7)
@@ -362,13 +370,14 @@ def plot_results(results: list[dict], path: str) -> None:
 
 def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
                   warmup: int = 1, repeats: int = 3, timeout_s: float | None = None,
-                  isolate: bool | None = None, log: Callable[[str], None] = print) -> dict:
-    """:func:`run_cases`, then log the ratios; write and return the report: ``meta`` (machine,
-    versions, ``command``, ``memory_method``), ``results`` and ``ratios``
+                  isolate: bool | None = None, log: Callable[[str], None] = print,
+                  reference: str = REFERENCE) -> dict:
+    """:func:`run_cases`, then log the ratios to ``reference``; write and return the report:
+    ``meta`` (machine, versions, ``command``, ``memory_method``), ``results`` and ``ratios``
     (:func:`compute_ratios`) in ``<out_prefix>.json``, :func:`plot_results` in ``.png``."""
     log(ROW_HEADER)
     results = run_cases(cases, device, warmup, repeats, isolate, timeout_s, log)
-    ratios = compute_ratios(results)
+    ratios = compute_ratios(results, reference)
     for line in [RATIO_HEADER] * bool(ratios) + [format_ratio(r) for r in ratios]:
         log(line)
     method = ('cuda: max_memory_allocated above memory_allocated before the call'
@@ -382,5 +391,5 @@ def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
                 command=command, memory_method=method)
     report = dict(meta=meta, results=results, ratios=ratios)
     write_json(report, out_prefix + '.json')
-    plot_results(results, out_prefix + '.png')
+    plot_results(results, out_prefix + '.png', reference)
     return report

@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 import torch
 from mmengine.config import Config, DictAction
+from mmengine.registry import DefaultScope
 from mmengine.runner import Runner, load_checkpoint
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
@@ -46,10 +47,11 @@ def parse_variant(name: str) -> tuple[dict, str | None]:
 def build_model(config: str, variant: str | None = None, cfg_options: dict | None = None,
                 attn_key: str = ATTN_KEY, checkpoint: str | None = None,
                 device: str | torch.device = 'cpu', seed: int = 0) -> tuple[nn.Module, Config]:
-    """(model, mmengine Config): ``cfg.model`` of ``config`` (``cfg_options`` merged) in eval
-    mode on ``device``, the attention dict at ``attn_key`` (dotted) replaced by ``variant``
-    (None: the config's own), the ``checkpoint`` loaded strictly; without one the initial
-    weights, drawn after ``torch.manual_seed(seed)``, are the same in every run."""
+    """(model, mmengine Config): ``cfg.model`` of ``config`` (``cfg_options`` merged; built in
+    the config's ``default_scope``, mmseg's or mmpretrain's) in eval mode on ``device``, the
+    attention dict at ``attn_key`` (dotted) replaced by ``variant`` (None: the config's own),
+    the ``checkpoint`` loaded strictly; without one the initial weights, drawn after
+    ``torch.manual_seed(seed)``, are the same in every run."""
     register_all_modules(init_default_scope=True)
     cfg = Config.fromfile(config)
     if cfg_options:
@@ -59,7 +61,8 @@ def build_model(config: str, variant: str | None = None, cfg_options: dict | Non
         mixer, mode = parse_variant(variant)
         cfg.merge_from_dict({attn_key: dict(mixer, _delete_=True)})
     torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
+    with DefaultScope.overwrite_default_scope(cfg.get('default_scope', 'mmseg')):
+        model = MODELS.build(cfg.model)
     if mode:
         set_dynamics_mode(model, mode)
     if checkpoint:

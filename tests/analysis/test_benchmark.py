@@ -5,10 +5,13 @@ import os
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import pytest
 import torch
+from mmseg.models.utils import resize
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis.memory import CPU_MEASURE_ENV
 from mmlrf.inference.transforms import count_batchnorms
+
+from batchnorm_stats import calibrate_batchnorms
 from devices import needs_cuda
 from tool_loading import load_tool
 
@@ -118,6 +121,7 @@ def test_model_cases_take_the_inference_options_from_one_table():
     assert len({bm.group_key(c) for c in cases}) == 4
     assert bm.group_key(cases[-1]).endswith('fuse_conv_bn channels_last plain-inference')
     for bad, message in ((dict(options=['nope']), 'unknown option'),
+                         (dict(calls=['nope']), 'unknown option'), (dict(calls=[]), 'call'),
                          (dict(options=['compile'], modes=['train']), 'infer mode only'),
                          (dict(plain=True, modes=['infer', 'train']), 'infer mode only')):
         with pytest.raises(ValueError, match=message):
@@ -151,9 +155,30 @@ def test_model_cases_run_on_the_toy_config():
                                                os.path.basename(TOY), 'loss']
 
 
+def test_predict_call_is_what_a_user_runs():
+    """The predict call gives mmseg's label map at the image size (lean: no full-resolution
+    logits); the tensor call the head's logits at its stride."""
+    case = bm.model_cases(TOY, ['lrf_dyn'], [(32, 48)], calls=['tensor', 'predict'],
+                          cfg_options={'model.backbone.depths': (1, 1)})[0]
+    model, cfg = bm.build_case_model(case, 'cpu')
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 48)
+    calibrate_batchnorms(model, images)  # neurons fire: varied labels from random weights
+    with torch.no_grad():
+        samples = bm.MODEL_CALLS['predict'](model, images)
+        logits = bm.MODEL_CALLS['tensor'](model, images)
+    assert logits.shape[:2] == (2, cfg.model.decode_head.num_classes)
+    assert logits.shape[2] < 32 and logits.shape[3] < 48
+    assert [s.pred_sem_seg.shape for s in samples] == [(32, 48)] * 2
+    assert 'seg_logits' not in samples[0]
+    expected = resize(logits, size=(32, 48), mode='bilinear', align_corners=False).argmax(1)
+    assert len(expected.unique()) > 1  # a varied label map: the comparison can fail
+    assert torch.equal(torch.stack([s.pred_sem_seg.data[0] for s in samples]), expected)
+
+
 def test_compiled_model_case(eager_compile):
-    """The compiled tensor call: its first call (the compilation) reported apart. (Dynamo's eager
-    backend, one block per stage.)"""
+    """The compiled predict call: its first call (the compilation) reported apart. (Dynamo's
+    eager backend, one block per stage.)"""
     import torch._dynamo
     torch._dynamo.reset()
     (case,) = bm.model_cases(TOY, ['lrf_dyn'], [(32, 32)], options=['compile'],
@@ -161,7 +186,8 @@ def test_compiled_model_case(eager_compile):
     res = bm.run_case(case, 'cpu', 0, 1)
     assert 'error' not in res, res
     assert res['compile_s'] > 0 and res['time_ms'] > 0
-    assert 'forward' in [fn.__name__ for fn in eager_compile]
+    # compile_segmentor's: the network the lean predict path runs, and the plain path's
+    assert [fn.__name__ for fn in eager_compile] == ['encode_decode', '_forward']
 
 
 def test_benchmark_cli(tmp_path, monkeypatch, capsys):
@@ -182,15 +208,17 @@ def test_benchmark_cli(tmp_path, monkeypatch, capsys):
                         '--cfg-options', 'model.backbone.depths=(1,1)', '--out', out])
     printed = capsys.readouterr().out.splitlines()
     rows = [line for line in printed if line.startswith('| model |')]
-    assert len(rows) == 4 and all(line.count('|') == 7 for line in rows)
+    assert len(rows) == 8 and all(line.count('|') == 7 for line in rows)
     assert sum(line.startswith('| model infer') and 'lrf_dyn / official' in line
-               for line in printed) == 2
+               for line in printed) == 4
     with open(out + '.json') as f:
         data = json.load(f)
     assert data == json.loads(json.dumps(report))
     assert data['meta']['command'].startswith('benchmark.py --config')
     results = data['results']
-    assert [r['lean'] for r in results] == [True, True, False, False]
+    assert [r['lean'] for r in results] == [True] * 4 + [False] * 4
+    assert [r['call'] for r in results] == ['predict'] * 2 + ['tensor'] * 2 + [
+        'predict'] * 2 + ['tensor'] * 2  # by default both, predict first
     for ratio in data['ratios']:
         ref, num = [r for r in results if bm.group_key(r) == ratio['group']]
         assert ratio['peak_ratio'] == (num['peak_mib'] / ref['peak_mib']

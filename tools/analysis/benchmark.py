@@ -1,9 +1,14 @@
-"""Memory and speed of token mixers or whole segmentors (mmlrf.analysis.benchmark), e.g.
+"""Memory and speed of token mixers or whole models (mmlrf.analysis.benchmark), e.g.
 
     python tools/analysis/benchmark.py --variants official lrf_dyn --tokens 1024 4096 \
         --modes infer train
     python tools/analysis/benchmark.py --config configs/_base_/models/fpn_sdtv3.py \
         --variants official lrf_dyn --resolution 1024x2048 --fuse-conv-bn --channels-last
+    python tools/analysis/benchmark.py \
+        --config configs/imagenet/spikformer-8-512-ssa_8xb64_in1k.py --calls tensor \
+        --variants ssa_kv lrf_ssa_kv lrf_dyn --reference ssa_kv --resolution 224x224
+
+(the last: an mmpretrain classifier, whose logits its tensor call returns).
 """
 import argparse
 import sys
@@ -23,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--variants', nargs='+', type=variant_arg,
                    default=['official', 'ssa_kv', 'lrf_ssa', 'lrf_dyn'],
                    help='attention variants; lrf_dyn:<mode> picks a dynamics path')
+    p.add_argument('--reference', type=variant_arg, default=bm.REFERENCE,
+                   help='the variant the others are compared with (ratios in the same run)')
     p.add_argument('--modes', nargs='+', choices=bm.MODES, default=['infer'])
     p.add_argument('--dtypes', nargs='+', choices=bm.DTYPES, default=['float32'])
     p.add_argument('--batch', nargs='+', type=int, default=[1])
@@ -33,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--T', nargs='+', type=int, default=[1], dest='ts', help='time steps')
     p.add_argument('--resolution', nargs='+', type=parse_hw, default=[(512, 512)],
                    help='HxW of the --config images')
+    p.add_argument('--calls', nargs='+', choices=bm.MODEL_CALLS, default=['predict', 'tensor'],
+                   help="--config inference: 'predict' (mmseg's predict: logits resized to the "
+                        "image, argmax; what a user runs), 'tensor' (the head's logits at its "
+                        'stride)')
     p.add_argument('--attn-key', default=ATTN_KEY,
                    help='config key of the attention dict a variant replaces')
     p.add_argument('--cfg-options', nargs='+', action=DictAction, help='config overrides')
@@ -59,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.config:
             cases = bm.model_cases(args.config, args.variants, args.resolution, args.batch,
                                    args.modes, args.dtypes, args.cfg_options, args.attn_key,
-                                   options, args.plain_inference)
+                                   options, args.plain_inference, args.calls)
         else:
             cases = bm.operator_cases(args.variants, args.tokens, args.channels, args.heads,
                                       args.v_ratio, args.batch, args.ts, args.modes, args.dtypes)
@@ -67,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f'error: {err}')
     command = ' '.join(['benchmark.py'] + (sys.argv[1:] if argv is None else argv))
     report = bm.run_benchmark(cases, args.device, args.out, command, args.warmup, args.repeats,
-                              args.timeout)
+                              args.timeout, reference=args.reference)
     print(f'wrote {args.out}.json and {args.out}.png')
     return report
 
