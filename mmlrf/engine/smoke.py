@@ -195,8 +195,10 @@ def apply_smoke(cfg: Config, data_dir: str) -> list[str]:
                 continue  # a wrapper: its inner data sets hold the files
             dataset['data_root'] = osp.join(data_dir, str(dataset['type']))
             if dataset.get('generate') is not None:
+                # generated at the crop (such sets are read uncropped)
+                side = min(_scaled(crop, factor)) if crop else SMOKE_CROP
                 dataset['generate'] = dict(dataset['generate'], num_train=4, num_val=2,
-                                           size=max(16, int(min(image_size))))
+                                           size=max(16, int(side)))
             else:
                 write_smoke_data(dataset, SMOKE_SAMPLES[loader], tuple(image_size))
     notes.append(f'data generated under {data_dir!r}; batch 2 / 1, num_workers=0')
