@@ -27,7 +27,7 @@ from torch import nn
 from .energy import measure_energy
 from .loading import ATTN_KEY, image_batches
 from .locality import STATS, analyse_model
-from .report import new_figure, save_figure, write_json
+from .report import new_figure, run_meta, save_figure, write_json
 
 #: ``model.backbone.attn`` of each variant (SDT-V3).
 VARIANTS: dict[str, dict] = {
@@ -101,14 +101,15 @@ def train_one(settings: dict, work_dir: str, num_images: int) -> dict:
 
 
 def run_grid(config: str, variants: list[str], seeds: list[int], iters: int, out: str,
-             cfg_options: dict | None = None, num_images: int = 8, log=print) -> dict:
+             cfg_options: dict | None = None, num_images: int = 8, log=print,
+             command: str = '') -> dict:
     """Run (or finish) the grid ``variants`` × ``seeds`` of ``config`` in ``out`` (the module
     docstring says how a rerun resumes) and write its tables; the report of
-    :func:`summarise`."""
+    :func:`summarise` with ``meta`` (:func:`~.report.run_meta` of ``command``)."""
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f'variants must be among {sorted(VARIANTS)}, got {unknown}')
-    results = []
+    results, meta = [], run_meta(command)
     for seed in seeds:  # seed-major: a grid cut short has every variant on its first seeds
         for variant in variants:
             settings = dict(config=config, variant=variant, attn=VARIANTS[variant], seed=seed,
@@ -131,9 +132,8 @@ def run_grid(config: str, variants: list[str], seeds: list[int], iters: int, out
             results.append(result)
             log(f"{variant} seed {seed}: mIoU {result['metrics']['mIoU']:.2f}, "
                 f"{result['train_wall_s']:.0f} s")
-            report = summarise(results)
-            write_tables(report, out)
-    report = summarise(results)
+            write_tables(dict(summarise(results), meta=meta), out)
+    report = dict(summarise(results), meta=meta)
     write_tables(report, out)
     return report
 

@@ -19,12 +19,10 @@ forward and backward), ``dtype`` (:data:`DTYPES`) and ``batch``.
 """
 from __future__ import annotations
 
-import datetime
 import itertools
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -43,7 +41,7 @@ from ..inference.transforms import count_batchnorms
 from ..models.mixers import set_dynamics_mode
 from .loading import ATTN_KEY, build_model, parse_variant, random_label_loss
 from .memory import CPU_MEASURE_ENV, MIB, measure
-from .report import new_figure, save_figure, write_json
+from .report import new_figure, run_meta, save_figure, write_json
 
 KINDS = ('operator', 'floor', 'model')
 MODES = ('infer', 'train')
@@ -384,11 +382,7 @@ def run_benchmark(cases: list[dict], device: str, out_prefix: str, command: str,
               if device.startswith('cuda') else
               'cpu: VmHWM (reset through /proc/self/clear_refs) above VmRSS before the call, a '
               'fresh process per case with MALLOC_MMAP_THRESHOLD_=65536; time in another')
-    meta = dict(date=datetime.date.today().isoformat(), torch=torch.__version__,
-                python=platform.python_version(), platform=platform.platform(),
-                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=device,
-                gpu=torch.cuda.get_device_name(device) if device.startswith('cuda') else None,
-                command=command, memory_method=method)
+    meta = dict(run_meta(command, device), memory_method=method)
     report = dict(meta=meta, results=results, ratios=ratios)
     write_json(report, out_prefix + '.json')
     plot_results(results, out_prefix + '.png', reference)

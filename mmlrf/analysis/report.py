@@ -1,13 +1,25 @@
 """Report files of the measurement tools: ``<out>.json`` and matplotlib (Agg) PNG figures."""
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 
 import matplotlib
 
 matplotlib.use('Agg')  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def run_meta(command: str, device: str = 'cpu') -> dict:
+    """Where and how a report was made: date, versions, machine, torch threads, ``command``."""
+    return dict(date=datetime.date.today().isoformat(), torch=torch.__version__,
+                python=platform.python_version(), platform=platform.platform(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), device=device,
+                gpu=torch.cuda.get_device_name(device) if device.startswith('cuda') else None,
+                command=command)
 
 
 def write_json(report: dict, path: str) -> None:

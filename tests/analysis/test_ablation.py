@@ -4,6 +4,7 @@ import os
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 import pytest
+import torch
 
 from mmlrf.analysis import ablation
 from tool_loading import load_tool
@@ -69,6 +70,8 @@ def test_grid_trains_tabulates_and_resumes(tmp_path, capsys):
     assert [line.split(':')[0] for line in logged if 'training' in line] == [
         'sdsa seed 0', 'lrf_dyn_no_lrf seed 0']
     report = json.loads((out / 'ablation.json').read_text())
+    assert report['meta']['command'] == ' '.join(['ablation.py'] + argv)
+    assert report['meta']['torch'] == torch.__version__ and report['meta']['date']
     assert [r['variant'] for r in report['variants']] == ['sdsa', 'lrf_dyn_no_lrf']
     for row, attn in zip(report['variants'], (dict(type='SSA', order='qk'),
                                               dict(type='LRFDyn', lrf=False))):
