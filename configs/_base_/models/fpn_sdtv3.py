@@ -16,7 +16,8 @@ data_preprocessor = dict(
     seg_pad_val=255)
 model = dict(
     # EncoderDecoder with lean inference: the same predictions in less memory (row strips,
-    # maps freed once read); model.lean_inference=False for the plain paths.
+    # maps freed once read, the label map over class chunks without full-resolution logits);
+    # model.lean_inference=False for the plain paths.
     type='LeanEncoderDecoder',
     lean_inference=True,
     data_preprocessor=data_preprocessor,

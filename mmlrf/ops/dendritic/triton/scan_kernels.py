@@ -45,8 +45,8 @@ def _config(chunk: int, block_m: int, warps: int, precision: str,
 
 
 # Autotune candidates of the forward kernel per input dtype (every CHUNK must be
-# ≤ triton_ops.CHUNK_MAX, the number of lags of the kernel head the wrapper passes); the first
-# entry of each list is the fastest measured (docs/benchmarks.md). fp32 inputs keep fp32
+# ≤ triton_ops.CHUNK_MAX, the number of lags of the kernel head the wrapper passes); the
+# autotuner times each, docs/benchmarks.md records which won on a GPU. fp32 inputs keep fp32
 # accuracy: 3×TF32 tensor-core dots or plain fp32 FMA dots ('ieee'). CHUNK = 16 halves the
 # Toeplitz MACs per token and, with BLOCK_M = 64, the registers per thread. Each program walks
 # its sequence serially; the last two candidates try to hide the latency of a group: a deeper
