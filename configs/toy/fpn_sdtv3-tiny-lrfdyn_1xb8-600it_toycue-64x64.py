@@ -1,38 +1,12 @@
 # CPU-sized run on the generated cue task (mmlrf.datasets.toy_cue: a striped target whose class
 # a coloured cue elsewhere in the image announces; 64x64 images, 5 classes, generated under
-# data/toy_cue on first use): the model and schedule of the toy texture config
-# (fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py), 5 classes:
+# data/toy_cue on first use): the model, schedule and pipelines of the toy texture config.
 #   python tools/train.py configs/toy/fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toycue-64x64.py
-_base_ = [
-    '../_base_/models/fpn_sdtv3.py', '../_base_/datasets/toy_cue.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/schedule_160k_adamw.py'
-]
-max_iters = 600
-norm_cfg = dict(type='BN')  # one process
-model = dict(
-    data_preprocessor=dict(size=(64, 64)),
-    # Layer scales start at 1 (official 1e-6 assumes ImageNet pre-training) so the attention
-    # branches learn from scratch within the short schedule.
-    backbone=dict(arch=None, embed_dims=[8, 16, 32, 32], num_heads=4,
-                  attn=dict(_delete_=True, type='LRFDyn'), layer_scale_init=1.0,
-                  norm_cfg=norm_cfg),
-    neck=dict(in_channels=[4, 8, 16, 32], out_channels=32, norm_cfg=norm_cfg),
-    decode_head=dict(in_channels=[32, 32, 32, 32], channels=32, num_classes=5,
-                     norm_cfg=norm_cfg))
-env_cfg = dict(cudnn_benchmark=False)
-# One intra-op thread: faster for this tiny model, and robust on a shared CPU.
-custom_hooks = [dict(type='NeuronResetHook'), dict(type='TorchThreadsHook', num_threads=1),
-                dict(type='ModelDataCheckHook'), dict(type='StrictLoadHook'),
-                dict(type='FiniteCheckHook')]
-optim_wrapper = dict(optimizer=dict(lr=8e-3))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
-    dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=50, end=max_iters),
-]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
-default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
-        # atomic saves: a crash while saving never clobbers the last good file
-        backend_args=dict(backend='atomic_local')))
-randomness = dict(seed=0)
+# Root: env MMLRF_TOY_CUE_ROOT (default data/toy_cue relative to the working directory) or
+# `--cfg-options data_root=PATH`.
+_base_ = ['./fpn_sdtv3-tiny-lrfdyn_1xb8-600it_toy-64x64.py']
+dataset_type = 'ToyCueDataset'
+data_root = '{{$MMLRF_TOY_CUE_ROOT:data/toy_cue}}'
+train_dataloader = dict(dataset=dict(type=dataset_type, data_root=data_root))
+val_dataloader = dict(dataset=dict(type=dataset_type, data_root=data_root))
+test_dataloader = val_dataloader

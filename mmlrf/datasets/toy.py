@@ -18,22 +18,14 @@ one-pixel textures). Generation is deterministic: image ``i`` of a split depends
 """
 from __future__ import annotations
 
-import os
-import os.path as osp
-import shutil
-import tempfile
-
-import cv2
 import numpy as np
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from ..interop.checkpoint_io import umask
+from .generated import SPLITS, GeneratedSegDataset, write_generated_dataset
 
 TOY_CLASSES = ('horizontal stripes', 'vertical stripes', 'diagonal stripes', 'checkerboard',
                'dots')
 TOY_PALETTE = [[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180]]
-SPLITS = {'training': 0, 'validation': 1}
 
 
 def _texture(cls: int, yy: np.ndarray, xx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -97,53 +89,16 @@ def make_toy_dataset(out_dir: str,
                      num_val: int = 40,
                      size: int = 64,
                      seed: int = 0) -> str:
-    """Write the toy data set to ``out_dir`` (ADE20K layout, see module docstring).
-
-    The data set is written to a temporary sibling directory and renamed into place, so a reader
-    never sees a half-written data set.
-
-    Args:
-        out_dir (str): data set root; must not exist yet.
-        num_train (int): number of training images, >= 1.
-        num_val (int): number of validation images, >= 1.
-        size (int): image side length, >= 16.
-        seed (int): generator seed.
-
-    Returns:
-        str: ``out_dir``.
-    """
-    for name, value, low in (('num_train', num_train, 1), ('num_val', num_val, 1),
-                             ('size', size, 16)):
-        if value < low:
-            raise ValueError(f'{name} must be >= {low}, got {value}')
-    if osp.exists(out_dir):
-        raise FileExistsError(f'toy data set root {out_dir!r} already exists')
-    parent = osp.dirname(osp.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.toy-', dir=parent)
-    os.chmod(tmp, 0o777 & ~umask())  # mkdtemp's 0700 -> what os.makedirs would give
-    try:
-        for split, count in (('training', num_train), ('validation', num_val)):
-            img_dir = osp.join(tmp, 'images', split)
-            ann_dir = osp.join(tmp, 'annotations', split)
-            os.makedirs(img_dir)
-            os.makedirs(ann_dir)
-            for i in range(count):
-                image, label = make_toy_sample(size, seed, split, i)
-                cv2.imwrite(osp.join(img_dir, f'toy_{i:05d}.png'), image[..., ::-1])
-                cv2.imwrite(osp.join(ann_dir, f'toy_{i:05d}.png'), label)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not osp.isdir(out_dir):  # lost a race to another process: theirs is kept
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    """Write the toy data set to ``out_dir`` (ADE20K layout, see module docstring) through
+    :func:`~mmlrf.datasets.generated.write_generated_dataset`: ``num_train`` and ``num_val``
+    images (>= 1) of side ``size`` (>= 16) from ``seed``; ``out_dir`` must not exist yet.
+    Returns ``out_dir``."""
+    return write_generated_dataset(out_dir, make_toy_sample, 'toy', num_train, num_val, size,
+                                   seed)
 
 
 @DATASETS.register_module()
-class ToyTextureDataset(BaseSegDataset):
+class ToyTextureDataset(GeneratedSegDataset):
     """The toy texture data set; generates itself under ``data_root`` on first use if absent.
 
     Args:
@@ -154,20 +109,8 @@ class ToyTextureDataset(BaseSegDataset):
         **kwargs: passed to :class:`mmseg.datasets.BaseSegDataset`.
     """
     METAINFO = dict(classes=TOY_CLASSES, palette=TOY_PALETTE)
+    make_dataset = staticmethod(make_toy_dataset)
+    missing_hint = 'generate it with `python tools/dataset/make_toy_dataset.py {root}`'
 
-    def __init__(self,
-                 data_root: str = 'data/toy',
-                 generate: dict | None = None,
-                 img_suffix: str = '.png',
-                 seg_map_suffix: str = '.png',
-                 reduce_zero_label: bool = True,
-                 **kwargs) -> None:
-        if not osp.isdir(data_root):
-            if generate is None:
-                raise FileNotFoundError(
-                    f'toy data set root {data_root!r} not found; generate it with '
-                    f'`python tools/dataset/make_toy_dataset.py {data_root}`')
-            make_toy_dataset(data_root, **generate)
-        super().__init__(data_root=data_root, img_suffix=img_suffix,
-                         seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
-                         **kwargs)
+    def __init__(self, data_root: str = 'data/toy', **kwargs) -> None:
+        super().__init__(data_root=data_root, **kwargs)

@@ -28,17 +28,10 @@ unlabelled, loaded with ``reduce_zero_label=True``).
 """
 from __future__ import annotations
 
-import os
-import os.path as osp
-import shutil
-import tempfile
-
-import cv2
 import numpy as np
-from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
 
-from .toy import SPLITS
+from .generated import SPLITS, GeneratedSegDataset, write_generated_dataset
 
 CUE_CLASSES = ('background', 'red-cued target', 'green-cued target', 'blue-cued target',
                'yellow-cued target')
@@ -107,38 +100,15 @@ def make_cue_sample(size: int, seed: int, split: str, index: int,
 
 def make_cue_dataset(out_dir: str, num_train: int = 240, num_val: int = 40, size: int = 64,
                      seed: int = 0) -> str:
-    """Write the cue data set to ``out_dir`` (must not exist) through a temporary sibling folder
-    renamed into place, so a reader never sees it half-written; returns ``out_dir``. Arguments as
+    """Write the cue data set to ``out_dir`` (must not exist) through
+    :func:`~mmlrf.datasets.generated.write_generated_dataset`; returns ``out_dir``. Arguments as
     :func:`mmlrf.datasets.make_toy_dataset` (``size`` >= 16)."""
-    for name, value, low in (('num_train', num_train, 1), ('num_val', num_val, 1),
-                             ('size', size, 16)):
-        if value < low:
-            raise ValueError(f'{name} must be >= {low}, got {value}')
-    if osp.exists(out_dir):
-        raise FileExistsError(f'cue data set root {out_dir!r} already exists')
-    parent = osp.dirname(osp.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix='.cue-', dir=parent)
-    try:
-        for split, count in (('training', num_train), ('validation', num_val)):
-            for kind in ('images', 'annotations'):
-                os.makedirs(osp.join(tmp, kind, split))
-            for i in range(count):
-                image, label = make_cue_sample(size, seed, split, i)
-                cv2.imwrite(osp.join(tmp, 'images', split, f'cue_{i:05d}.png'), image[..., ::-1])
-                cv2.imwrite(osp.join(tmp, 'annotations', split, f'cue_{i:05d}.png'), label)
-        try:
-            os.rename(tmp, out_dir)
-        except OSError:
-            if not osp.isdir(out_dir):  # lost a race to another process: theirs is kept
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return write_generated_dataset(out_dir, make_cue_sample, 'cue', num_train, num_val, size,
+                                   seed)
 
 
 @DATASETS.register_module()
-class ToyCueDataset(BaseSegDataset):
+class ToyCueDataset(GeneratedSegDataset):
     """The cue data set; generates itself under ``data_root`` on first use if absent.
 
     Args:
@@ -149,19 +119,8 @@ class ToyCueDataset(BaseSegDataset):
         **kwargs: passed to :class:`mmseg.datasets.BaseSegDataset`.
     """
     METAINFO = dict(classes=CUE_CLASSES, palette=CUE_PALETTE)
+    make_dataset = staticmethod(make_cue_dataset)
+    missing_hint = 'pass `generate` (make_cue_dataset arguments) to create it'
 
-    def __init__(self,
-                 data_root: str = 'data/toy_cue',
-                 generate: dict | None = None,
-                 img_suffix: str = '.png',
-                 seg_map_suffix: str = '.png',
-                 reduce_zero_label: bool = True,
-                 **kwargs) -> None:
-        if not osp.isdir(data_root):
-            if generate is None:
-                raise FileNotFoundError(f'cue data set root {data_root!r} not found; pass '
-                                        '`generate` (make_cue_dataset arguments) to create it')
-            make_cue_dataset(data_root, **generate)
-        super().__init__(data_root=data_root, img_suffix=img_suffix,
-                         seg_map_suffix=seg_map_suffix, reduce_zero_label=reduce_zero_label,
-                         **kwargs)
+    def __init__(self, data_root: str = 'data/toy_cue', **kwargs) -> None:
+        super().__init__(data_root=data_root, **kwargs)
