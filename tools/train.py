@@ -29,7 +29,7 @@ from mmlrf.engine.cfg_options import CfgOptionError, check_cfg_options
 from mmlrf.engine.hooks import ModelDataMismatchError, NonFiniteError
 from mmlrf.engine.preflight import check_data_roots, check_pretrained
 from mmlrf.engine.smoke import apply_smoke
-from mmlrf.engine.work_dir_lock import WorkDirBusyError, WorkDirLock
+from mmlrf.engine.work_dir_lock import WorkDirBusyError, WorkDirLock, holds_work_dir_lock
 from mmlrf.interop import (CheckpointMismatchError, CorruptCheckpointError,
                            NonFiniteWeightsError, find_resume_checkpoint,
                            remove_stale_temporaries)
@@ -139,16 +139,20 @@ def add_check_hooks(cfg: Config, allow_partial: bool = False) -> None:
     cfg.custom_hooks = hooks
 
 
-def prepare_work_dir(cfg: Config, resume: bool) -> WorkDirLock:
-    """Lock the work dir, remove a killed save's temporary files and, for ``resume``, point
-    ``load_from`` at the newest intact checkpoint inside the work dir (``last_checkpoint`` is
-    not read: its absolute path belongs to the original of a copied or moved work dir).
+def prepare_work_dir(cfg: Config, resume: bool) -> WorkDirLock | None:
+    """Lock the work dir and remove a killed save's temporary files (one process of a
+    distributed run: :func:`holds_work_dir_lock`) and, for ``resume``, point ``load_from`` at
+    the newest intact checkpoint inside the work dir (``last_checkpoint`` is not read: its
+    absolute path belongs to the original of a copied or moved work dir).
 
     Returns:
-        WorkDirLock: held; released by the caller (or the end of the process).
+        WorkDirLock | None: held, released by the caller (or the end of the process); None in
+        the processes that do not take it.
     """
-    lock = WorkDirLock(osp.abspath(cfg.work_dir)).acquire()
-    remove_stale_temporaries(cfg.work_dir)
+    lock = None
+    if holds_work_dir_lock(cfg.launcher):
+        lock = WorkDirLock(osp.abspath(cfg.work_dir)).acquire()
+        remove_stale_temporaries(cfg.work_dir)
     cfg.resume = resume
     if resume and cfg.get('load_from') is None:
         found = find_resume_checkpoint(cfg.work_dir)
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> Runner:
         runner = build_runner(cfg)
         runner.train()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     return runner
 
 

@@ -5,7 +5,8 @@ other's ``iter_N.pth`` and ``last_checkpoint``. :class:`WorkDirLock` takes an ex
 ``flock`` on ``<work_dir>/.run.lock`` for the life of the run and records the holder's process
 id, host and command line in it; a second run refuses to start, naming them. The kernel drops
 the lock when the holding process ends, however it ends (``kill -9`` included), so a crashed run
-never leaves the work dir locked: the file stays, the lock does not.
+never leaves the work dir locked: the file stays, the lock does not. In a distributed run the
+first process (:func:`holds_work_dir_lock`) takes the lock for all of them.
 """
 from __future__ import annotations
 
@@ -17,6 +18,16 @@ import sys
 from types import TracebackType
 
 LOCK_NAME = '.run.lock'
+#: Environment variables holding a process's global rank, per launcher (as mmengine's
+#: ``init_dist`` reads them; the process group does not exist yet when the lock is taken).
+RANK_VARIABLES = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}
+
+
+def holds_work_dir_lock(launcher: str) -> bool:
+    """Whether this process takes the work dir's lock: the only process without a launcher,
+    rank 0 with one (the others run in the same work dir as parts of the same run)."""
+    variable = RANK_VARIABLES.get(launcher)
+    return variable is None or int(os.environ.get(variable, '0')) == 0
 
 
 class WorkDirBusyError(RuntimeError):

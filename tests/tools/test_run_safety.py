@@ -19,7 +19,8 @@ import mmlrf  # noqa: F401  (must precede mmseg)
 from mmlrf.engine.cfg_options import CfgOptionError
 from mmlrf.engine.hooks import NonFiniteError
 from mmlrf.engine.preflight import DataRootError
-from mmlrf.engine.work_dir_lock import LOCK_NAME, WorkDirBusyError, WorkDirLock
+from mmlrf.engine.work_dir_lock import (LOCK_NAME, WorkDirBusyError, WorkDirLock,
+                                        holds_work_dir_lock)
 from mmlrf.interop import CorruptCheckpointError, atomic_write
 
 LOCK_MODULE = osp.join(ROOT, 'mmlrf', 'engine', 'work_dir_lock.py')
@@ -32,6 +33,17 @@ def test_second_run_in_a_work_dir_refuses_naming_the_first(tmp_path):
             load_tool('train').main([TOY_CONFIG, '--work-dir', work,
                                      *toy_options(toy_data(str(tmp_path)))])
     assert os.listdir(work) == [LOCK_NAME]  # the refused run wrote nothing
+
+
+@pytest.mark.parametrize('launcher, variable', [('pytorch', 'RANK'), ('slurm', 'SLURM_PROCID'),
+                                               ('mpi', 'OMPI_COMM_WORLD_RANK')])
+def test_one_process_of_a_distributed_run_takes_the_lock(monkeypatch, launcher, variable):
+    monkeypatch.delenv(variable, raising=False)
+    assert holds_work_dir_lock('none') and holds_work_dir_lock(launcher)
+    monkeypatch.setenv(variable, '0')
+    assert holds_work_dir_lock(launcher)
+    monkeypatch.setenv(variable, '3')
+    assert not holds_work_dir_lock(launcher) and holds_work_dir_lock('none')
 
 
 def test_a_killed_run_leaves_no_lock(tmp_path):
