@@ -105,9 +105,10 @@ def test_train_compile(tmp_path, eager_compile):
         'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
         'model.data_preprocessor.size=(32,32)', 'train_dataloader.batch_size=2'])
     model = runner.model
-    assert sorted(fn.__name__ for fn in eager_compile) == ['encode_decode', 'loss']
+    # the training forward, and both inference entries: mmseg's and lean predict's
+    assert sorted(fn.__name__ for fn in eager_compile) == ['_forward', 'encode_decode', 'loss']
     # the instance attributes are the compiled functions, not the class' methods
-    assert 'loss' in vars(model) and 'encode_decode' in vars(model)
+    assert {'loss', 'encode_decode', '_forward'} <= set(vars(model))
     loss = runner.message_hub.get_scalar('train/loss').current()
     assert torch.isfinite(torch.tensor(loss)) and loss > 0
     assert 'val/mIoU' in runner.message_hub.log_scalars
