@@ -5,12 +5,18 @@ import datetime
 import json
 import os
 import platform
+import sys
 
 import matplotlib
 
 matplotlib.use('Agg')  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
+
+def command_line(tool: str, argv: list[str] | None = None) -> str:
+    """The command a report records: ``tool`` and its arguments (``argv``, or the process's)."""
+    return ' '.join([tool] + (sys.argv[1:] if argv is None else argv))
 
 
 def run_meta(command: str, device: str = 'cpu') -> dict:

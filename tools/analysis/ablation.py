@@ -12,12 +12,12 @@ redoes unfinished ones. Writes OUT/ablation.json (every run), OUT/ablation.md (t
 OUT/ablation.png (mIoU per variant, training loss), updated after every run.
 """
 import argparse
-import sys
 
 import mmlrf  # noqa: F401  (first: registries and the mmcv-lite compatibility layer)
 from mmengine.config import DictAction
 
 from mmlrf.analysis import ablation
+from mmlrf.analysis.report import command_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    command = ' '.join(['ablation.py'] + (sys.argv[1:] if argv is None else argv))
+    command = command_line('ablation.py', argv)
     report = ablation.run_grid(args.config, args.variants, args.seeds, args.iters, args.out,
                                args.cfg_options, args.num_images, command=command)
     print(ablation.format_markdown(report) + f'wrote {args.out}/ablation.{{json,md,png}}')

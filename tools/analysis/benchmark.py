@@ -19,6 +19,7 @@ from mmengine.config import DictAction
 
 from mmlrf.analysis import benchmark as bm
 from mmlrf.analysis.loading import ATTN_KEY, parse_hw, variant_arg
+from mmlrf.analysis.report import command_line
 from mmlrf.inference.options import add_inference_options, chosen_inference_options
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       args.v_ratio, args.batch, args.ts, args.modes, args.dtypes)
     except ValueError as err:
         sys.exit(f'error: {err}')
-    command = ' '.join(['benchmark.py'] + (sys.argv[1:] if argv is None else argv))
+    command = command_line('benchmark.py', argv)
     report = bm.run_benchmark(cases, args.device, args.out, command, args.warmup, args.repeats,
                               args.timeout, reference=args.reference)
     print(f'wrote {args.out}.json and {args.out}.png')
